@@ -169,7 +169,7 @@ impl Decoder {
 
     /// Feeds bytes and returns every frame they complete.
     pub fn feed(&mut self, mut chunk: &[u8]) -> Vec<Frame> {
-        let mut out = Vec::new();
+        let out = Vec::new();
         if !self.started {
             // Wait for three bytes (or a non-BOM prefix) before deciding.
             self.line.extend_from_slice(chunk);

@@ -1,0 +1,200 @@
+//! The hub: the one handle the server holds. It publishes through the store,
+//! answers polls and long polls, and opens subscriptions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::select_all;
+use tokio::time::Instant;
+
+use crate::cursor::{Cursor, CursorInput, Start};
+use crate::error::StoreError;
+use crate::event::Event;
+use crate::heartbeat::Heartbeat;
+use crate::name::Topic;
+use crate::store::metered::Metered;
+use crate::store::{Appended, NewEvent, ReadFrom, Store};
+use crate::subscription::Subscription;
+
+/// Settings of the hub, validated by whoever builds it.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Keep-alive interval of every stream.
+    pub keepalive: Duration,
+    /// Events read from the store per page while a subscriber catches up.
+    pub page_size: usize,
+    /// Streams end after this long (the client reconnects and resumes);
+    /// `None`: they last as long as the client stays.
+    pub max_stream_age: Option<Duration>,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            keepalive: Duration::from_secs(15),
+            page_size: 256,
+            max_stream_age: None,
+        }
+    }
+}
+
+/// An answer to a poll or long poll.
+#[derive(Debug, Clone)]
+pub struct PollAnswer {
+    pub events: Vec<Arc<Event>>,
+    /// Some history was missed (unknown or too old a cursor).
+    pub gap: bool,
+    /// The cursor to poll with next.
+    pub next: Cursor,
+}
+
+/// A cheap, clonable handle on the engine.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    heartbeat: Heartbeat,
+    config: HubConfig,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("store", &self.inner.store.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// Builds a hub over `store`. Must run inside a tokio runtime: it starts
+    /// the keep-alive clock, which stops when `heartbeat`'s token is cancelled.
+    pub fn new(store: Arc<dyn Store>, config: HubConfig, heartbeat: Heartbeat) -> Hub {
+        Hub {
+            inner: Arc::new(Inner {
+                store: Arc::new(Metered(store)),
+                heartbeat,
+                config,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn heartbeat(&self) -> &Heartbeat {
+        &self.inner.heartbeat
+    }
+
+    /// Stores a batch, all or nothing, and hands it to subscribers.
+    pub async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>, StoreError> {
+        let out = self.inner.store.append(batch).await?;
+        let fresh = out.iter().filter(|a| !a.replayed).count();
+        metrics::counter!("herald_events_published_total").increment(fresh as u64);
+        Ok(out)
+    }
+
+    /// Opens a streaming subscription. Nothing is read until its first
+    /// [`Subscription::next`].
+    pub fn subscribe(&self, topics: Vec<Topic>, cursor: &CursorInput) -> Subscription {
+        Subscription::new(
+            Arc::clone(&self.inner.store),
+            topics,
+            cursor,
+            self.inner.heartbeat.beats(),
+            self.inner.config.max_stream_age,
+            self.inner.config.page_size,
+        )
+    }
+
+    /// Short poll: what is after the cursor now, at most `limit` events in
+    /// all, topics in the order given.
+    pub async fn poll(
+        &self,
+        topics: &[Topic],
+        cursor: &CursorInput,
+        limit: usize,
+    ) -> Result<PollAnswer, StoreError> {
+        let starts: Vec<(Topic, Start)> = topics
+            .iter()
+            .map(|t| (t.clone(), cursor.start_for(t)))
+            .collect();
+        self.poll_once(&starts, limit).await
+    }
+
+    /// Long poll: waits until at least one event is after the cursor, the
+    /// timeout passes or the server stops; then answers like a short poll.
+    pub async fn long_poll(
+        &self,
+        topics: &[Topic],
+        cursor: &CursorInput,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<PollAnswer, StoreError> {
+        let deadline = Instant::now() + timeout;
+        let store = &self.inner.store;
+        // Watches first, so nothing stored after the reads below is missed.
+        let mut watches: Vec<_> = topics.iter().map(|t| store.watch(t)).collect();
+        let mut starts = Vec::with_capacity(topics.len());
+        for t in topics {
+            let start = match cursor.start_for(t) {
+                Start::Head => Start::After(store.head(t).await?),
+                other => other,
+            };
+            starts.push((t.clone(), start));
+        }
+        let mut gap = false;
+        let shutdown = self.inner.heartbeat.shutdown().clone();
+        loop {
+            let answer = self.poll_once(&starts, limit).await?;
+            gap |= answer.gap;
+            if !answer.events.is_empty() {
+                return Ok(PollAnswer { gap, ..answer });
+            }
+            starts = answer
+                .next
+                .positions
+                .iter()
+                .map(|(t, id)| (t.clone(), Start::After(*id)))
+                .collect();
+            let any_event = select_all(watches.iter_mut().map(|w| w.next()));
+            tokio::select! {
+                _ = any_event => {}
+                () = tokio::time::sleep_until(deadline) => return Ok(PollAnswer { gap, ..answer }),
+                () = shutdown.cancelled() => return Ok(PollAnswer { gap, ..answer }),
+            }
+        }
+    }
+
+    async fn poll_once(&self, starts: &[(Topic, Start)], limit: usize) -> Result<PollAnswer, StoreError> {
+        let store = &self.inner.store;
+        let mut events = Vec::new();
+        let mut gap = false;
+        let mut positions = Vec::with_capacity(starts.len());
+        for (topic, start) in starts {
+            let room = limit.saturating_sub(events.len());
+            let (from, forced_gap) = match start {
+                Start::Head => {
+                    positions.push((topic.clone(), store.head(topic).await?));
+                    continue;
+                }
+                Start::Oldest => (ReadFrom::Oldest, false),
+                Start::After(id) => (ReadFrom::After(*id), false),
+                Start::Unknown(_) => (ReadFrom::Oldest, true),
+            };
+            let page = store.read(topic, from, room).await?;
+            gap |= page.gap || forced_gap;
+            positions.push((topic.clone(), page.next));
+            events.extend(page.events);
+        }
+        Ok(PollAnswer {
+            events,
+            gap,
+            next: Cursor { positions },
+        })
+    }
+}

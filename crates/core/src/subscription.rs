@@ -1,0 +1,394 @@
+//! A subscriber's journey: catching up from the store, then live from the
+//! fan-out, until the client leaves, falls behind or the server stops.
+//!
+//! ```text
+//!  Start ──► CatchUp (reads pages from the store) ──► Live (waits on Watch)
+//!               ▲                 │ full page: more to read
+//!               └─────────────────┘
+//! ```
+//!
+//! A topic's [`Watch`] is opened *before* the store read that may end the
+//! catch-up, so an event stored in between arrives by the watch; ids let the
+//! subscriber drop the copies it already read from the store. Nothing here
+//! spawns a task or a timer: the transport's body stream (or socket task)
+//! drives it, and dropping the subscription releases everything.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use futures_util::StreamExt;
+use tokio::time::{Instant, Sleep};
+
+use crate::cursor::{Cursor, CursorInput, Start};
+use crate::error::StoreError;
+use crate::event::{Event, EventId};
+use crate::fanout::{Lagged, Watch};
+use crate::heartbeat::{Beat, Beats};
+use crate::name::Topic;
+use crate::store::{ReadFrom, Store};
+
+/// What a subscription yields next.
+#[derive(Debug)]
+pub enum Next {
+    /// An event, in id order within its topic, never twice.
+    Event(Arc<Event>),
+    /// History was missed in `topic`: the cursor given was unknown or older
+    /// than what is retained. Replay continues from the oldest retained event.
+    Gap { topic: Topic, cursor: String },
+    /// Nothing happened for a keep-alive interval.
+    KeepAlive,
+    /// The subscription is over; the client resumes with its cursor.
+    End(EndReason),
+}
+
+/// Why a subscription ended.
+#[derive(Debug)]
+pub enum EndReason {
+    /// The server is shutting down.
+    Shutdown,
+    /// The subscriber fell a whole buffer behind.
+    Slow,
+    /// The subscription reached its configured maximum age.
+    Expired,
+    /// The store failed while reading history.
+    Store(StoreError),
+}
+
+/// Where one topic of a subscription stands.
+#[derive(Debug)]
+enum Phase {
+    /// Not started; entered on creation, left on the first [`Subscription::next`].
+    Start(Start),
+    /// Reading history from the store; left for `Live` when a page comes back
+    /// short, with the watch already open.
+    CatchUp {
+        from: ReadFrom,
+        /// A gap to report whatever the store says (the cursor was junk).
+        forced_gap: Option<String>,
+    },
+    /// Following the fan-out.
+    Live,
+}
+
+#[derive(Debug)]
+struct TopicState {
+    topic: Topic,
+    /// The id of the last event delivered (or the position it stands for).
+    pos: EventId,
+    phase: Phase,
+    watch: Option<Watch>,
+}
+
+/// A live subscription to one or more topics.
+pub struct Subscription {
+    store: Arc<dyn Store>,
+    topics: Vec<TopicState>,
+    pending: VecDeque<Next>,
+    beats: Beats,
+    expires: Option<Pin<Box<Sleep>>>,
+    page_size: usize,
+    /// Which topic to poll first when waiting, so a busy topic cannot starve
+    /// the others.
+    turn: usize,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        topics: Vec<Topic>,
+        cursor: &CursorInput,
+        beats: Beats,
+        max_age: Option<std::time::Duration>,
+        page_size: usize,
+    ) -> Subscription {
+        let topics = topics
+            .into_iter()
+            .map(|topic| TopicState {
+                phase: Phase::Start(cursor.start_for(&topic)),
+                topic,
+                pos: EventId::START,
+                watch: None,
+            })
+            .collect();
+        Subscription {
+            store,
+            topics,
+            pending: VecDeque::new(),
+            beats,
+            expires: max_age.map(|age| Box::pin(tokio::time::sleep_until(Instant::now() + age))),
+            page_size: page_size.max(1),
+            turn: 0,
+        }
+    }
+
+    /// The cursor that resumes this subscription after the last event it
+    /// yielded: an id for one topic, `TOPIC=ID,…` for several.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            positions: self
+                .topics
+                .iter()
+                .map(|t| (t.topic.clone(), t.pos))
+                .collect(),
+        }
+    }
+
+    /// Whether the subscription covers more than one topic (its cursor is
+    /// then not an event id).
+    pub fn is_multi(&self) -> bool {
+        self.topics.len() > 1
+    }
+
+    /// The next thing to send. Cancel-safe: state changes only after each
+    /// await completes, so a dropped call loses nothing.
+    pub async fn next(&mut self) -> Next {
+        loop {
+            if let Some(next) = self.pending.pop_front() {
+                return next;
+            }
+            if let Some(i) = self.topics.iter().position(|t| !matches!(t.phase, Phase::Live)) {
+                if let Err(e) = self.advance(i).await {
+                    return Next::End(EndReason::Store(e));
+                }
+                continue;
+            }
+            if let Some(next) = self.wait_live().await {
+                return next;
+            }
+        }
+    }
+
+    /// Moves topic `i` one step towards `Live`.
+    async fn advance(&mut self, i: usize) -> Result<(), StoreError> {
+        let store = Arc::clone(&self.store);
+        let t = &mut self.topics[i];
+        match &t.phase {
+            Phase::Start(Start::Head) => {
+                // Watch first: anything stored after the head read arrives by
+                // the watch; anything before is not wanted.
+                t.watch = Some(store.watch(&t.topic));
+                t.pos = store.head(&t.topic).await?;
+                t.phase = Phase::Live;
+            }
+            Phase::Start(start) => {
+                let (from, forced_gap) = match start {
+                    Start::After(id) => (ReadFrom::After(*id), None),
+                    Start::Unknown(given) => (ReadFrom::Oldest, Some(given.clone())),
+                    Start::Oldest | Start::Head => (ReadFrom::Oldest, None),
+                };
+                t.phase = Phase::CatchUp { from, forced_gap };
+            }
+            Phase::CatchUp { from, forced_gap } => {
+                let (from, forced_gap) = (*from, forced_gap.clone());
+                if t.watch.is_none() {
+                    t.watch = Some(store.watch(&t.topic));
+                }
+                let page = store.read(&t.topic, from, self.page_size).await?;
+                let given = match (forced_gap, from) {
+                    (Some(g), _) => Some(g),
+                    (None, ReadFrom::After(id)) if page.gap => Some(id.to_string()),
+                    _ => None,
+                };
+                if let Some(cursor) = given {
+                    self.pending.push_back(Next::Gap {
+                        topic: t.topic.clone(),
+                        cursor,
+                    });
+                }
+                let full = page.events.len() >= self.page_size;
+                self.pending.extend(page.events.into_iter().map(Next::Event));
+                t.pos = page.next;
+                if full {
+                    // More history to read; a watch held meanwhile would only
+                    // fill up and lag.
+                    t.watch = None;
+                    t.phase = Phase::CatchUp {
+                        from: ReadFrom::After(page.next),
+                        forced_gap: None,
+                    };
+                } else {
+                    t.phase = Phase::Live;
+                }
+            }
+            Phase::Live => {}
+        }
+        Ok(())
+    }
+
+    /// Waits for a live event, a keep-alive beat, expiry or shutdown. `None`
+    /// means an event was a copy of one already delivered.
+    async fn wait_live(&mut self) -> Option<Next> {
+        let n = self.topics.len();
+        let turn = self.turn;
+        let topics = &mut self.topics;
+        let event = std::future::poll_fn(|cx| {
+            for k in 0..n {
+                let i = (turn + k) % n;
+                if let Some(w) = topics[i].watch.as_mut() {
+                    match w.poll_next_unpin(cx) {
+                        Poll::Ready(Some(r)) => return Poll::Ready((i, r)),
+                        // The fan-out never closes a ring while it is watched.
+                        Poll::Ready(None) => return Poll::Ready((i, Err(Lagged(0)))),
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            Poll::Pending
+        });
+        let expiry = async {
+            match self.expires.as_mut() {
+                Some(sleep) => sleep.as_mut().await,
+                None => std::future::pending().await,
+            }
+        };
+        // Beats first: a stream busy with events still notices shutdown.
+        tokio::select! {
+            biased;
+            beat = self.beats.wait() => Some(match beat {
+                Beat::KeepAlive => Next::KeepAlive,
+                Beat::Shutdown => Next::End(EndReason::Shutdown),
+            }),
+            () = expiry => Some(Next::End(EndReason::Expired)),
+            (i, r) = event => {
+                self.turn = (i + 1) % n;
+                match r {
+                    Ok(e) if e.id <= self.topics[i].pos => None,
+                    Ok(e) => {
+                        self.topics[i].pos = e.id;
+                        Some(Next::Event(e))
+                    }
+                    Err(Lagged(_)) => Some(Next::End(EndReason::Slow)),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::fanout::Fanout;
+    use crate::heartbeat::Heartbeat;
+    use crate::hub::{Hub, HubConfig};
+    use crate::name::EventType;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{NewEvent, Retention};
+
+    fn hub(page_size: usize) -> (Hub, CancellationToken) {
+        let token = CancellationToken::new();
+        let retention = Retention {
+            max_events: 100_000,
+            max_age: None,
+        };
+        let store = MemoryStore::new(retention, Fanout::new(100_000));
+        let config = HubConfig {
+            page_size,
+            ..HubConfig::default()
+        };
+        let hb = Heartbeat::start(Duration::from_secs(3600), token.clone());
+        (Hub::new(store, config, hb), token)
+    }
+
+    async fn publish(hub: &Hub, topic: &str, data: String) -> EventId {
+        let new = NewEvent {
+            topic: Topic::new(topic).unwrap(),
+            kind: EventType::message(),
+            data,
+            idempotency_key: None,
+        };
+        hub.publish(vec![new]).await.unwrap()[0].event.id
+    }
+
+    async fn next_event(sub: &mut Subscription) -> Arc<Event> {
+        match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
+            Ok(Next::Event(e)) => e,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn history_then_live_without_gap_or_duplicate_under_concurrent_publishing() {
+        let (hub, _token) = hub(7);
+        for i in 0..50 {
+            publish(&hub, "t", i.to_string()).await;
+        }
+        let mut sub = hub.subscribe(vec![Topic::new("t").unwrap()], &CursorInput::All);
+        let publisher = {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                for i in 50..2000 {
+                    publish(&hub, "t", i.to_string()).await;
+                    if i % 16 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        };
+        for want in 0..2000 {
+            assert_eq!(next_event(&mut sub).await.data, want.to_string());
+        }
+        publisher.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn junk_cursor_reports_a_gap_then_replays() {
+        let (hub, _token) = hub(100);
+        publish(&hub, "t", "a".into()).await;
+        let mut sub = hub.subscribe(vec![Topic::new("t").unwrap()], &CursorInput::Given("junk".into()));
+        match sub.next().await {
+            Next::Gap { cursor, .. } => assert_eq!(cursor, "junk"),
+            other => panic!("expected a gap, got {other:?}"),
+        }
+        assert_eq!(next_event(&mut sub).await.data, "a");
+    }
+
+    #[tokio::test]
+    async fn multi_topic_cursor_restores_every_position() {
+        let (hub, _token) = hub(100);
+        let topics = vec![Topic::new("a").unwrap(), Topic::new("b").unwrap()];
+        publish(&hub, "a", "a1".into()).await;
+        publish(&hub, "b", "b1".into()).await;
+        let mut sub = hub.subscribe(topics.clone(), &CursorInput::All);
+        let mut seen = vec![next_event(&mut sub).await.data.clone()];
+        seen.push(next_event(&mut sub).await.data.clone());
+        seen.sort();
+        assert_eq!(seen, ["a1", "b1"]);
+        let cursor = sub.cursor().to_string();
+        drop(sub);
+        publish(&hub, "b", "b2".into()).await;
+        publish(&hub, "a", "a2".into()).await;
+        let mut again = hub.subscribe(topics, &CursorInput::Given(cursor));
+        let mut seen = vec![next_event(&mut again).await.data.clone()];
+        seen.push(next_event(&mut again).await.data.clone());
+        seen.sort();
+        assert_eq!(seen, ["a2", "b2"]);
+    }
+
+    #[tokio::test]
+    async fn now_skips_history_and_shutdown_ends_the_stream() {
+        let (hub, token) = hub(100);
+        publish(&hub, "t", "old".into()).await;
+        let mut sub = hub.subscribe(vec![Topic::new("t").unwrap()], &CursorInput::Now);
+        // Drive the subscription into its live phase before publishing.
+        let first = tokio::time::timeout(Duration::from_millis(50), sub.next()).await;
+        assert!(first.is_err(), "nothing new yet");
+        publish(&hub, "t", "new".into()).await;
+        assert_eq!(next_event(&mut sub).await.data, "new");
+        token.cancel();
+        assert!(matches!(sub.next().await, Next::End(EndReason::Shutdown)));
+    }
+}
