@@ -1,1 +1,110 @@
-fn main() {}
+//! The `herald` binary: flags in, server out.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use herald_core::Hub;
+use herald_core::fanout::Fanout;
+use herald_core::heartbeat::Heartbeat;
+use herald_core::store::Store;
+use herald_core::store::memory::MemoryStore;
+use herald_server::{AppState, describe_metrics};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+mod cli;
+
+use cli::{Cli, Command, ServeConfig, StoreChoice};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.validate()?;
+            init_logs(config.json_logs);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(serve(config))
+        }
+    }
+}
+
+fn init_logs(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    describe_metrics();
+    Ok(handle)
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let metrics = install_metrics()?;
+    let shutdown = CancellationToken::new();
+    let fanout = Fanout::new(config.subscriber_buffer);
+    let store: Arc<dyn Store> = match config.store {
+        StoreChoice::Memory => MemoryStore::new(config.retention, fanout),
+    };
+    tracing::info!(store = %store.describe(), "store ready");
+    let heartbeat = Heartbeat::start(config.hub.keepalive, shutdown.clone());
+    let hub = Hub::new(store, config.hub.clone(), heartbeat);
+    let state = AppState::new(hub, config.server.clone(), Some(metrics));
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(%addr, "listening");
+    // One plain line on stdout, for scripts and tests that asked for port 0.
+    println!("herald listening on http://{addr}");
+    herald_server::serve(listener, state, stop_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT: shutting down"),
+        () = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}

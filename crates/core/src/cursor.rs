@@ -117,20 +117,35 @@ mod tests {
     #[test]
     fn keywords_and_defaults() {
         assert_eq!(CursorInput::parse(None, CursorInput::Now), CursorInput::Now);
-        assert_eq!(CursorInput::parse(Some(""), CursorInput::All), CursorInput::All);
-        assert_eq!(CursorInput::parse(Some("all"), CursorInput::Now), CursorInput::All);
-        assert_eq!(CursorInput::parse(Some("now"), CursorInput::All), CursorInput::Now);
+        assert_eq!(
+            CursorInput::parse(Some(""), CursorInput::All),
+            CursorInput::All
+        );
+        assert_eq!(
+            CursorInput::parse(Some("all"), CursorInput::Now),
+            CursorInput::All
+        );
+        assert_eq!(
+            CursorInput::parse(Some("now"), CursorInput::All),
+            CursorInput::Now
+        );
     }
 
     #[test]
     fn a_multi_topic_cursor_round_trips() {
         let c = Cursor {
-            positions: vec![(t("a"), EventId { ms: 5, seq: 1 }), (t("b:c"), EventId::START)],
+            positions: vec![
+                (t("a"), EventId { ms: 5, seq: 1 }),
+                (t("b:c"), EventId::START),
+            ],
         };
         let text = c.to_string();
         assert_eq!(text, "a=5-1,b:c=0-0");
         let input = CursorInput::Given(text);
-        assert_eq!(input.start_for(&t("a")), Start::After(EventId { ms: 5, seq: 1 }));
+        assert_eq!(
+            input.start_for(&t("a")),
+            Start::After(EventId { ms: 5, seq: 1 })
+        );
         assert_eq!(input.start_for(&t("b:c")), Start::After(EventId::START));
         assert!(matches!(input.start_for(&t("z")), Start::Unknown(_)));
     }

@@ -116,11 +116,7 @@ impl Event {
     /// The event as SSE (`id:`, `event:`, `data:` lines), encoded on first use.
     pub fn sse(&self) -> &SseEncoded {
         self.sse.get_or_init(|| {
-            sse::encode_event(
-                Some(&self.id.to_string()),
-                self.kind.as_str(),
-                &self.data,
-            )
+            sse::encode_event(Some(&self.id.to_string()), self.kind.as_str(), &self.data)
         })
     }
 
@@ -155,7 +151,17 @@ mod tests {
         assert_eq!(a.to_string(), "1700000000000-2");
         assert!(a < "1700000000000-10".parse().unwrap());
         assert!(a < "1700000000001-0".parse().unwrap());
-        for bad in ["", "1", "-1", "1-", "a-1", "1-1-1", "+1-0", " 1-0", "99999999999999999999-0"] {
+        for bad in [
+            "",
+            "1",
+            "-1",
+            "1-",
+            "a-1",
+            "1-1-1",
+            "+1-0",
+            " 1-0",
+            "99999999999999999999-0",
+        ] {
             assert!(bad.parse::<EventId>().is_err(), "{bad:?}");
         }
     }

@@ -107,9 +107,9 @@ impl Stream for Watch {
     type Item = Result<Arc<Event>, Lagged>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.stream).poll_next(cx).map(|item| {
-            item.map(|r| r.map_err(|BroadcastStreamRecvError::Lagged(n)| Lagged(n)))
-        })
+        Pin::new(&mut self.stream)
+            .poll_next(cx)
+            .map(|item| item.map(|r| r.map_err(|BroadcastStreamRecvError::Lagged(n)| Lagged(n))))
     }
 }
 

@@ -170,7 +170,11 @@ impl Hub {
         }
     }
 
-    async fn poll_once(&self, starts: &[(Topic, Start)], limit: usize) -> Result<PollAnswer, StoreError> {
+    async fn poll_once(
+        &self,
+        starts: &[(Topic, Start)],
+        limit: usize,
+    ) -> Result<PollAnswer, StoreError> {
         let store = &self.inner.store;
         let mut events = Vec::new();
         let mut gap = false;

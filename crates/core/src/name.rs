@@ -27,7 +27,11 @@ fn check(name: &str) -> Result<(), NameError> {
     let ok = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'~' | b':'));
-    if ok { Ok(()) } else { Err(NameError::BadCharacter) }
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::BadCharacter)
+    }
 }
 
 macro_rules! name_type {

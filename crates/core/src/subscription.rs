@@ -156,7 +156,11 @@ impl Subscription {
             if let Some(next) = self.pending.pop_front() {
                 return next;
             }
-            if let Some(i) = self.topics.iter().position(|t| !matches!(t.phase, Phase::Live)) {
+            if let Some(i) = self
+                .topics
+                .iter()
+                .position(|t| !matches!(t.phase, Phase::Live))
+            {
                 if let Err(e) = self.advance(i).await {
                     return Next::End(EndReason::Store(e));
                 }
@@ -206,7 +210,8 @@ impl Subscription {
                     });
                 }
                 let full = page.events.len() >= self.page_size;
-                self.pending.extend(page.events.into_iter().map(Next::Event));
+                self.pending
+                    .extend(page.events.into_iter().map(Next::Event));
                 t.pos = page.next;
                 if full {
                     // More history to read; a watch held meanwhile would only
@@ -348,7 +353,10 @@ mod tests {
     async fn junk_cursor_reports_a_gap_then_replays() {
         let (hub, _token) = hub(100);
         publish(&hub, "t", "a".into()).await;
-        let mut sub = hub.subscribe(vec![Topic::new("t").unwrap()], &CursorInput::Given("junk".into()));
+        let mut sub = hub.subscribe(
+            vec![Topic::new("t").unwrap()],
+            &CursorInput::Given("junk".into()),
+        );
         match sub.next().await {
             Next::Gap { cursor, .. } => assert_eq!(cursor, "junk"),
             other => panic!("expected a gap, got {other:?}"),

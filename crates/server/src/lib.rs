@@ -1,1 +1,79 @@
-//! placeholder
+//! herald's HTTP server: [`app`] builds the router over an [`AppState`];
+//! [`serve`] runs it until shutdown and then ends every stream cleanly.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+mod articles;
+mod body;
+pub mod error;
+pub mod negotiate;
+mod ops;
+mod publish;
+pub mod query;
+pub mod state;
+mod subscribe;
+pub mod transport;
+
+pub use error::ApiError;
+pub use ops::describe_metrics;
+pub use state::{AppState, ServerConfig};
+
+/// How long shutdown waits for WebSocket tasks to say goodbye.
+const SOCKET_GRACE: Duration = Duration::from_secs(5);
+
+/// The whole HTTP surface of herald.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(ops::dashboard))
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .route("/topics/{topic}", get(subscribe::one).post(publish::one))
+        .route("/subscribe", get(subscribe::many))
+        .route("/publish", post(publish::batch))
+        .route(
+            "/api/notifications",
+            get(articles::follow).post(articles::notify),
+        )
+        .route("/sse", get(articles::counter))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+}
+
+/// Serves `state` on `listener` until `stop` resolves; then cancels the
+/// shutdown token (ending every stream, long poll and socket), lets open
+/// responses finish and waits a moment for WebSocket tasks.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let token = state.shutdown().clone();
+    let tasks = state.tasks().clone();
+    let signal = {
+        let token = token.clone();
+        async move {
+            tokio::select! {
+                () = stop => {}
+                () = token.cancelled() => {}
+            }
+            token.cancel();
+        }
+    };
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(signal)
+        .await?;
+    tasks.close();
+    if tokio::time::timeout(SOCKET_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some WebSocket connections did not close in time");
+    }
+    Ok(())
+}

@@ -47,28 +47,56 @@ where
 async fn ids_increase_and_reads_resume(store: &dyn Store) {
     let t = topic("a");
     assert_eq!(store.head(&t).await.ok(), Some(EventId::START));
-    let ids = append(store, vec![new("a", "1", None), new("b", "x", None), new("a", "2", None)]).await;
+    let ids = append(
+        store,
+        vec![
+            new("a", "1", None),
+            new("b", "x", None),
+            new("a", "2", None),
+        ],
+    )
+    .await;
     assert!(ids[0] < ids[2], "ids increase within a topic");
-    let all = store.read(&t, ReadFrom::Oldest, 10).await.ok().unwrap_or_default();
+    let all = store
+        .read(&t, ReadFrom::Oldest, 10)
+        .await
+        .ok()
+        .unwrap_or_default();
     let data: Vec<_> = all.events.iter().map(|e| e.data.as_str()).collect();
     assert_eq!(data, ["1", "2"]);
     assert!(!all.gap);
     assert_eq!(all.next, ids[2]);
-    let rest = store.read(&t, ReadFrom::After(ids[0]), 10).await.ok().unwrap_or_default();
+    let rest = store
+        .read(&t, ReadFrom::After(ids[0]), 10)
+        .await
+        .ok()
+        .unwrap_or_default();
     assert_eq!(rest.events.len(), 1);
     assert_eq!(rest.events[0].id, ids[2]);
-    let none = store.read(&t, ReadFrom::After(ids[2]), 10).await.ok().unwrap_or_default();
+    let none = store
+        .read(&t, ReadFrom::After(ids[2]), 10)
+        .await
+        .ok()
+        .unwrap_or_default();
     assert!(none.events.is_empty() && !none.gap);
     assert_eq!(none.next, ids[2]);
     assert_eq!(store.head(&t).await.ok(), Some(ids[2]));
-    let limited = store.read(&t, ReadFrom::Oldest, 1).await.ok().unwrap_or_default();
+    let limited = store
+        .read(&t, ReadFrom::Oldest, 1)
+        .await
+        .ok()
+        .unwrap_or_default();
     assert_eq!(limited.events.len(), 1);
     assert_eq!(limited.next, ids[0]);
 }
 
 async fn gaps_are_exact(store: &dyn Store) {
     let t = topic("g");
-    let fresh = store.read(&t, ReadFrom::After(EventId::START), 10).await.ok().unwrap_or_default();
+    let fresh = store
+        .read(&t, ReadFrom::After(EventId::START), 10)
+        .await
+        .ok()
+        .unwrap_or_default();
     assert!(!fresh.gap, "the start of an untouched topic is no gap");
     let unknown = store
         .read(&t, ReadFrom::After(EventId { ms: 9, seq: 9 }), 10)
@@ -81,37 +109,83 @@ async fn gaps_are_exact(store: &dyn Store) {
         ids.extend(append(store, vec![new("g", &i.to_string(), None)]).await);
     }
     // Five kept: ids[3..8]; ids[2] was the last dropped.
-    let from_start = store.read(&t, ReadFrom::After(EventId::START), 10).await.ok().unwrap_or_default();
+    let from_start = store
+        .read(&t, ReadFrom::After(EventId::START), 10)
+        .await
+        .ok()
+        .unwrap_or_default();
     assert!(from_start.gap, "history was dropped since the start");
     assert_eq!(from_start.events.first().map(|e| e.id), Some(ids[3]));
-    let exact = store.read(&t, ReadFrom::After(ids[2]), 10).await.ok().unwrap_or_default();
+    let exact = store
+        .read(&t, ReadFrom::After(ids[2]), 10)
+        .await
+        .ok()
+        .unwrap_or_default();
     assert!(!exact.gap, "the newest dropped id still resumes exactly");
     assert_eq!(exact.events.len(), 5);
-    let old = store.read(&t, ReadFrom::After(ids[1]), 10).await.ok().unwrap_or_default();
+    let old = store
+        .read(&t, ReadFrom::After(ids[1]), 10)
+        .await
+        .ok()
+        .unwrap_or_default();
     assert!(old.gap, "older than history is a gap");
     assert_eq!(old.events.len(), 5);
-    let bogus = EventId { ms: ids[4].ms, seq: ids[4].seq + 1000 };
-    let between = store.read(&t, ReadFrom::After(bogus), 10).await.ok().unwrap_or_default();
-    assert!(between.gap, "an id inside the range that was never given out is a gap");
+    let bogus = EventId {
+        ms: ids[4].ms,
+        seq: ids[4].seq + 1000,
+    };
+    let between = store
+        .read(&t, ReadFrom::After(bogus), 10)
+        .await
+        .ok()
+        .unwrap_or_default();
+    assert!(
+        between.gap,
+        "an id inside the range that was never given out is a gap"
+    );
 }
 
 async fn idempotency_is_per_topic(store: &dyn Store) {
-    let first = store.append(vec![new("i", "one", Some("k"))]).await.ok().unwrap_or_default();
-    let again = store.append(vec![new("i", "two", Some("k"))]).await.ok().unwrap_or_default();
+    let first = store
+        .append(vec![new("i", "one", Some("k"))])
+        .await
+        .ok()
+        .unwrap_or_default();
+    let again = store
+        .append(vec![new("i", "two", Some("k"))])
+        .await
+        .ok()
+        .unwrap_or_default();
     assert!(!first[0].replayed);
     assert!(again[0].replayed);
     assert_eq!(first[0].event.id, again[0].event.id);
     assert_eq!(again[0].event.data, "one");
-    let other = store.append(vec![new("j", "three", Some("k"))]).await.ok().unwrap_or_default();
+    let other = store
+        .append(vec![new("j", "three", Some("k"))])
+        .await
+        .ok()
+        .unwrap_or_default();
     assert!(!other[0].replayed, "keys are per topic");
-    let page = store.read(&topic("i"), ReadFrom::Oldest, 10).await.ok().unwrap_or_default();
+    let page = store
+        .read(&topic("i"), ReadFrom::Oldest, 10)
+        .await
+        .ok()
+        .unwrap_or_default();
     assert_eq!(page.events.len(), 1, "a replay stores nothing");
 }
 
 async fn watchers_see_appends_in_order(store: &dyn Store) {
     let t = topic("w");
     let mut watch = store.watch(&t);
-    let ids = append(store, vec![new("w", "1", None), new("x", "-", None), new("w", "2", None)]).await;
+    let ids = append(
+        store,
+        vec![
+            new("w", "1", None),
+            new("x", "-", None),
+            new("w", "2", None),
+        ],
+    )
+    .await;
     let a = watch.next().await.and_then(Result::ok).map(|e| e.id);
     let b = watch.next().await.and_then(Result::ok).map(|e| e.id);
     assert_eq!((a, b), (Some(ids[0]), Some(ids[2])));

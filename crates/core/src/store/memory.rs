@@ -62,7 +62,11 @@ impl Log {
         }
         if let Some(age) = retention.max_age {
             let cutoff = now.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
-            while self.events.front().is_some_and(|r| r.event.time_ms() < cutoff) {
+            while self
+                .events
+                .front()
+                .is_some_and(|r| r.event.time_ms() < cutoff)
+            {
                 self.pop_front();
             }
         }
@@ -225,9 +229,17 @@ mod tests {
         let t = Topic::new("t").unwrap();
         for (ms, key) in [(1_000, "a"), (5_000, "b")] {
             let id = EventId { ms, seq: 0 };
-            let event = Arc::new(Event::new(id, t.clone(), EventType::message(), String::new()));
+            let event = Arc::new(Event::new(
+                id,
+                t.clone(),
+                EventType::message(),
+                String::new(),
+            ));
             log.keys.insert(key.into(), id);
-            log.events.push_back(Retained { event, key: Some(key.into()) });
+            log.events.push_back(Retained {
+                event,
+                key: Some(key.into()),
+            });
             log.last = id;
         }
         let retention = Retention {

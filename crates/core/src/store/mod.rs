@@ -92,8 +92,7 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` events of `topic` from `from`. A cursor that is not a
     /// retained id (nor the id just before the oldest retained one, nor
     /// [`EventId::START`] while nothing was ever dropped) gives a gap.
-    async fn read(&self, topic: &Topic, from: ReadFrom, limit: usize)
-    -> Result<Page, StoreError>;
+    async fn read(&self, topic: &Topic, from: ReadFrom, limit: usize) -> Result<Page, StoreError>;
 
     /// The newest id ever given out in `topic` ([`EventId::START`] if none).
     async fn head(&self, topic: &Topic) -> Result<EventId, StoreError>;

@@ -1,0 +1,99 @@
+//! The one error type of the HTTP layer: each case knows its status and its
+//! stable `code`; internals are logged, never sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use herald_core::StoreError;
+
+/// An error answered as `{"error":{"code","message"}}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid topic {name:?}: {reason}")]
+    BadTopic { name: String, reason: String },
+    #[error("invalid event type {name:?}: {reason}")]
+    BadEventType { name: String, reason: String },
+    #[error("invalid value for {param}: {reason}")]
+    BadQuery { param: &'static str, reason: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the body must be UTF-8 text")]
+    NotUtf8,
+    #[error("the body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("batch line {line}: {reason}")]
+    BadBatch { line: usize, reason: String },
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadTopic { .. }
+            | ApiError::BadEventType { .. }
+            | ApiError::BadQuery { .. }
+            | ApiError::BadRequest(_)
+            | ApiError::BadBatch { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotUtf8 => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, snake_case code clients may match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadTopic { .. } => "bad_topic",
+            ApiError::BadEventType { .. } => "bad_event_type",
+            ApiError::BadQuery { .. } => "bad_query",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::NotUtf8 => "not_utf8",
+            ApiError::TooLarge { .. } => "too_large",
+            ApiError::BadBatch { .. } => "bad_batch",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn bad_query(param: &'static str, reason: impl Into<String>) -> ApiError {
+        ApiError::BadQuery {
+            param,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => ApiError::Unavailable(m),
+            StoreError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, detail = ?self, "request failed");
+        }
+        let message = match &self {
+            ApiError::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        };
+        let body = serde_json::json!({ "error": { "code": self.code(), "message": message } });
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,64 @@
+//! Operations: liveness, Prometheus metrics and the dashboard page.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{Html, IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::negotiate::Transport;
+use crate::state::AppState;
+
+/// `GET /healthz`: `200` when the store answers, `503` otherwise.
+pub async fn healthz(State(state): State<AppState>) -> Result<Response, ApiError> {
+    state.hub().store().health().await?;
+    Ok(axum::Json(serde_json::json!({ "status": "ok" })).into_response())
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let handle = state
+        .metrics()
+        .ok_or_else(|| ApiError::Unavailable("metrics are not enabled in this process".into()))?;
+    let mut response = handle.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+/// Makes every metric SPEC names appear from the start, at zero.
+pub fn describe_metrics() {
+    for t in Transport::ALL {
+        metrics::gauge!("herald_subscriptions", "transport" => t.label()).increment(0.0);
+    }
+    for name in [
+        "herald_events_published_total",
+        "herald_events_delivered_total",
+        "herald_subscribers_dropped_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::describe_gauge!("herald_subscriptions", "Open subscriptions by transport.");
+    metrics::describe_counter!(
+        "herald_events_published_total",
+        "Events stored by publishes."
+    );
+    metrics::describe_counter!(
+        "herald_events_delivered_total",
+        "Events written to subscribers, counted once per subscriber."
+    );
+    metrics::describe_counter!(
+        "herald_subscribers_dropped_total",
+        "Subscribers cut off because they could not keep up."
+    );
+    metrics::describe_histogram!(
+        "herald_store_seconds",
+        "Time taken by store calls, by operation."
+    );
+}
+
+/// `GET /`: a page that follows a topic live and publishes to it.
+pub async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}

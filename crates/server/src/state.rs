@@ -1,0 +1,95 @@
+//! What every handler shares: the hub, the validated settings, the
+//! shutdown signal and the tracker of socket tasks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_core::Hub;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Settings of the HTTP layer, validated by the binary before start-up.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest request body accepted, in bytes (one event or a whole batch).
+    pub max_body: usize,
+    /// Reconnection delay sent to SSE clients in the `retry:` field.
+    pub retry: Duration,
+    /// Long-poll timeout when the client names none.
+    pub long_poll_default: Duration,
+    /// Longest long-poll timeout a client may ask for; larger asks are capped.
+    pub long_poll_max: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_body: 1024 * 1024,
+            retry: Duration::from_secs(3),
+            long_poll_default: Duration::from_secs(30),
+            long_poll_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A cheap, clonable handle on the server's shared state.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    hub: Hub,
+    config: ServerConfig,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    /// The `retry:` line and comment every SSE stream opens with, encoded once.
+    sse_preamble: Bytes,
+}
+
+impl AppState {
+    /// `shutdown` must be the token the hub's heartbeat watches.
+    pub fn new(hub: Hub, config: ServerConfig, metrics: Option<PrometheusHandle>) -> AppState {
+        let retry_ms = u64::try_from(config.retry.as_millis()).unwrap_or(u64::MAX);
+        let shutdown = hub.heartbeat().shutdown().clone();
+        AppState {
+            inner: Arc::new(Inner {
+                sse_preamble: herald_protocol::sse::preamble(retry_ms, "herald"),
+                hub,
+                config,
+                metrics,
+                shutdown,
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> Option<&PrometheusHandle> {
+        self.inner.metrics.as_ref()
+    }
+
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Tracks WebSocket tasks, which the HTTP server does not wait for.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+
+    pub fn sse_preamble(&self) -> Bytes {
+        self.inner.sse_preamble.clone()
+    }
+}

@@ -1,0 +1,92 @@
+//! `GET /topics/{topic}` and `GET /subscribe?topic=…`: read the cursor,
+//! negotiate the transport, hand over to it.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use herald_core::{CursorInput, Topic};
+
+use crate::error::ApiError;
+use crate::negotiate::{Transport, negotiate};
+use crate::publish::{path_topic, topic};
+use crate::query::Query;
+use crate::state::AppState;
+use crate::transport::{long_poll, poll, sse, stream, ws};
+
+/// Most topics one `/subscribe` request may name.
+pub const MAX_TOPICS: usize = 64;
+
+/// The cursor a request carries: the `Last-Event-ID` header wins over the
+/// `last-event-id` query parameter (which browsers' EventSource needs).
+pub fn cursor(headers: &HeaderMap, query: &Query, default: CursorInput) -> CursorInput {
+    let header = headers
+        .get("last-event-id")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let raw = header.as_deref().or_else(|| query.get("last-event-id"));
+    CursorInput::parse(raw, default)
+}
+
+pub async fn one(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let topic = path_topic(path)?;
+    subscribe(state, vec![topic], request).await
+}
+
+pub async fn many(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let query = Query::parse(request.uri().query());
+    let mut topics: Vec<Topic> = Vec::new();
+    for name in query.all("topic") {
+        let t = topic(name)?;
+        if !topics.contains(&t) {
+            topics.push(t);
+        }
+    }
+    if topics.is_empty() {
+        return Err(ApiError::bad_query("topic", "name at least one topic"));
+    }
+    if topics.len() > MAX_TOPICS {
+        return Err(ApiError::bad_query(
+            "topic",
+            format!("at most {MAX_TOPICS} topics"),
+        ));
+    }
+    subscribe(state, topics, request).await
+}
+
+async fn subscribe(
+    state: AppState,
+    topics: Vec<Topic>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (mut parts, _body) = request.into_parts();
+    let query = Query::parse(parts.uri.query());
+    let transport = negotiate(&parts.headers, &query)?;
+    let default = if transport == Transport::Poll {
+        CursorInput::All
+    } else {
+        CursorInput::Now
+    };
+    let cursor = cursor(&parts.headers, &query, default);
+    let hub = state.hub();
+    match transport {
+        Transport::WebSocket => {
+            let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state)
+                .await
+                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+            Ok(ws::respond(&state, upgrade, hub.subscribe(topics, &cursor)))
+        }
+        Transport::Sse => Ok(sse::respond(
+            &state,
+            hub.subscribe(topics, &cursor),
+            sse::SseEncoder::default(),
+        )),
+        Transport::Stream => Ok(stream::respond(hub.subscribe(topics, &cursor))),
+        Transport::LongPoll => long_poll::respond(&state, &topics, &cursor, &query).await,
+        Transport::Poll => poll::respond(&state, &topics, &cursor, &query).await,
+    }
+}

@@ -1,0 +1,71 @@
+//! Server-Sent Events: `text/event-stream`, one encoded event after another.
+
+use std::collections::VecDeque;
+
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use herald_core::Subscription;
+use herald_core::subscription::Next;
+use herald_protocol::sse;
+
+use super::{Encode, gap_data, streaming_body};
+use crate::negotiate::Transport;
+use crate::state::AppState;
+
+/// The keep-alive comment, sent every keep-alive interval.
+const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+
+/// How events are laid out on an SSE stream.
+#[derive(Debug, Clone, Default)]
+pub struct SseEncoder {
+    /// A comment line written inside every event, after its `event:` line
+    /// (the notification route of the seed article has one).
+    pub comment: Option<Bytes>,
+}
+
+impl Encode for SseEncoder {
+    fn encode(&mut self, sub: &Subscription, next: &Next, out: &mut VecDeque<Bytes>) {
+        match next {
+            Next::Event(e) => {
+                let encoded = e.sse();
+                if sub.is_multi() {
+                    // The id a client keeps must restore every topic.
+                    out.push_back(sse::encode_id_line(&sub.cursor().to_string()));
+                    out.push_back(encoded.without_id());
+                } else if let Some(comment) = &self.comment {
+                    out.push_back(encoded.head());
+                    out.push_back(comment.clone());
+                    out.push_back(encoded.data());
+                } else {
+                    out.push_back(encoded.full());
+                }
+            }
+            Next::Gap { topic, cursor } => {
+                let gap = sse::encode_event(None, "gap", &gap_data(topic.as_str(), cursor));
+                out.push_back(gap.full());
+            }
+            Next::KeepAlive => out.push_back(Bytes::from_static(KEEP_ALIVE)),
+            Next::End(_) => {}
+        }
+    }
+}
+
+/// The response headers SPEC requires of every event stream.
+pub fn headers(response: &mut Response) {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+}
+
+/// Answers with an SSE stream of `sub`.
+pub fn respond(state: &AppState, sub: Subscription, encoder: SseEncoder) -> Response {
+    let body = streaming_body(sub, Transport::Sse, Some(state.sse_preamble()), encoder);
+    let mut response = body.into_response();
+    headers(&mut response);
+    response
+}

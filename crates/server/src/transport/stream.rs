@@ -1,0 +1,50 @@
+//! HTTP streaming: one JSON event per line (NDJSON). hyper frames it with
+//! chunked encoding on HTTP/1.1 and delimits it by closing the connection
+//! on HTTP/1.0, which has no chunked encoding.
+
+use std::collections::VecDeque;
+
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use herald_core::Subscription;
+use herald_core::subscription::Next;
+use herald_protocol::{json, ndjson};
+
+use super::{Encode, gap_data, streaming_body};
+use crate::negotiate::Transport;
+
+struct NdjsonEncoder;
+
+impl Encode for NdjsonEncoder {
+    fn encode(&mut self, _sub: &Subscription, next: &Next, out: &mut VecDeque<Bytes>) {
+        match next {
+            Next::Event(e) => out.push_back(e.json_line().clone()),
+            Next::Gap { topic, cursor } => {
+                let data = gap_data(topic.as_str(), cursor);
+                out.push_back(ndjson::line(&json::encode_event(
+                    None,
+                    topic.as_str(),
+                    "gap",
+                    &data,
+                    None,
+                )));
+            }
+            Next::KeepAlive => out.push_back(Bytes::from_static(ndjson::KEEP_ALIVE)),
+            Next::End(_) => {}
+        }
+    }
+}
+
+/// Answers with an NDJSON stream of `sub`.
+pub fn respond(sub: Subscription) -> Response {
+    let mut response = streaming_body(sub, Transport::Stream, None, NdjsonEncoder).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}

@@ -1,0 +1,98 @@
+//! WebSocket: one text frame per event (the event's shared JSON), pings as
+//! keep-alive, a close frame saying why when the server ends the stream.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::response::Response;
+use bytes::Bytes;
+use herald_core::Subscription;
+use herald_core::subscription::{EndReason, Next};
+use herald_protocol::json;
+
+use super::{StreamCounters, SubscriptionGauge, gap_data};
+use crate::negotiate::Transport;
+use crate::state::AppState;
+
+/// Small per-socket buffers: an idle subscriber should cost little. Frames
+/// from clients are tiny (they only send close and pong), so a small cap
+/// also guards against floods.
+const READ_BUFFER: usize = 4 * 1024;
+const MAX_WRITE_BUFFER: usize = 256 * 1024;
+const MAX_MESSAGE: usize = 64 * 1024;
+/// How long a closing handshake may take before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Upgrades the connection and streams `sub` over it.
+pub fn respond(state: &AppState, upgrade: WebSocketUpgrade, sub: Subscription) -> Response {
+    let tasks = state.tasks().clone();
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| {
+            // The token keeps graceful shutdown waiting until this socket
+            // has said goodbye.
+            let token = tasks.token();
+            async move {
+                run(socket, sub).await;
+                drop(token);
+            }
+        })
+}
+
+async fn run(mut socket: WebSocket, mut sub: Subscription) {
+    let _gauge = SubscriptionGauge::open(Transport::WebSocket);
+    let counters = StreamCounters::new();
+    loop {
+        let next = tokio::select! {
+            incoming = socket.recv() => match incoming {
+                // Pings are answered by the socket itself; text is ignored.
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => continue,
+            },
+            next = sub.next() => next,
+        };
+        let message = match next {
+            Next::Event(e) => {
+                counters.delivered.increment(1);
+                text(e.json())
+            }
+            Next::Gap { topic, cursor } => {
+                let data = gap_data(topic.as_str(), &cursor);
+                Message::Text(json::encode_event(None, topic.as_str(), "gap", &data, None).into())
+            }
+            Next::KeepAlive => Message::Ping(Bytes::new()),
+            Next::End(reason) => {
+                counters.ended(&reason, Transport::WebSocket);
+                let (code, why) = match reason {
+                    EndReason::Shutdown => (close_code::AWAY, "server shutting down"),
+                    EndReason::Slow => (close_code::AGAIN, "too slow: resume with your cursor"),
+                    EndReason::Expired => (close_code::NORMAL, "stream reached its maximum age"),
+                    EndReason::Store(_) => (close_code::ERROR, "store unavailable"),
+                };
+                let close = Message::Close(Some(CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(why),
+                }));
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(close)).await;
+                return;
+            }
+        };
+        if socket.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A text frame over the event's shared JSON bytes (validated as UTF-8, not
+/// copied).
+fn text(json: Bytes) -> Message {
+    match Utf8Bytes::try_from(json) {
+        Ok(t) => Message::Text(t),
+        // Unreachable: the bytes were encoded from Rust strings.
+        Err(_) => Message::Text(Utf8Bytes::from_static("{}")),
+    }
+}
