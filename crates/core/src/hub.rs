@@ -98,17 +98,25 @@ impl Hub {
         Ok(out)
     }
 
-    /// Opens a streaming subscription. Nothing is read until its first
-    /// [`Subscription::next`].
-    pub fn subscribe(&self, topics: Vec<Topic>, cursor: &CursorInput) -> Subscription {
-        Subscription::new(
+    /// Opens a streaming subscription. Topics that start at `now` are pinned
+    /// to their current head before this returns (so a client that sees the
+    /// response open misses nothing published after); history is read on
+    /// the first [`Subscription::next`].
+    pub async fn subscribe(
+        &self,
+        topics: Vec<Topic>,
+        cursor: &CursorInput,
+    ) -> Result<Subscription, StoreError> {
+        let mut sub = Subscription::new(
             Arc::clone(&self.inner.store),
             topics,
             cursor,
             self.inner.heartbeat.beats(),
             self.inner.config.max_stream_age,
             self.inner.config.page_size,
-        )
+        );
+        sub.pin_heads().await?;
+        Ok(sub)
     }
 
     /// Short poll: what is after the cursor now, at most `limit` events in

@@ -131,6 +131,18 @@ impl Subscription {
         }
     }
 
+    /// Fixes the position of every topic that starts at `now`, so that the
+    /// events published once this returns are delivered even if the first
+    /// [`Subscription::next`] comes later.
+    pub(crate) async fn pin_heads(&mut self) -> Result<(), StoreError> {
+        for i in 0..self.topics.len() {
+            if matches!(self.topics[i].phase, Phase::Start(Start::Head)) {
+                self.advance(i).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The cursor that resumes this subscription after the last event it
     /// yielded: an id for one topic, `TOPIC=ID,…` for several.
     pub fn cursor(&self) -> Cursor {
@@ -331,7 +343,10 @@ mod tests {
         for i in 0..50 {
             publish(&hub, "t", i.to_string()).await;
         }
-        let mut sub = hub.subscribe(vec![Topic::new("t").unwrap()], &CursorInput::All);
+        let mut sub = hub
+            .subscribe(vec![Topic::new("t").unwrap()], &CursorInput::All)
+            .await
+            .unwrap();
         let publisher = {
             let hub = hub.clone();
             tokio::spawn(async move {
@@ -353,10 +368,13 @@ mod tests {
     async fn junk_cursor_reports_a_gap_then_replays() {
         let (hub, _token) = hub(100);
         publish(&hub, "t", "a".into()).await;
-        let mut sub = hub.subscribe(
-            vec![Topic::new("t").unwrap()],
-            &CursorInput::Given("junk".into()),
-        );
+        let mut sub = hub
+            .subscribe(
+                vec![Topic::new("t").unwrap()],
+                &CursorInput::Given("junk".into()),
+            )
+            .await
+            .unwrap();
         match sub.next().await {
             Next::Gap { cursor, .. } => assert_eq!(cursor, "junk"),
             other => panic!("expected a gap, got {other:?}"),
@@ -370,7 +388,10 @@ mod tests {
         let topics = vec![Topic::new("a").unwrap(), Topic::new("b").unwrap()];
         publish(&hub, "a", "a1".into()).await;
         publish(&hub, "b", "b1".into()).await;
-        let mut sub = hub.subscribe(topics.clone(), &CursorInput::All);
+        let mut sub = hub
+            .subscribe(topics.clone(), &CursorInput::All)
+            .await
+            .unwrap();
         let mut seen = vec![next_event(&mut sub).await.data.clone()];
         seen.push(next_event(&mut sub).await.data.clone());
         seen.sort();
@@ -379,7 +400,10 @@ mod tests {
         drop(sub);
         publish(&hub, "b", "b2".into()).await;
         publish(&hub, "a", "a2".into()).await;
-        let mut again = hub.subscribe(topics, &CursorInput::Given(cursor));
+        let mut again = hub
+            .subscribe(topics, &CursorInput::Given(cursor))
+            .await
+            .unwrap();
         let mut seen = vec![next_event(&mut again).await.data.clone()];
         seen.push(next_event(&mut again).await.data.clone());
         seen.sort();
@@ -390,10 +414,10 @@ mod tests {
     async fn now_skips_history_and_shutdown_ends_the_stream() {
         let (hub, token) = hub(100);
         publish(&hub, "t", "old".into()).await;
-        let mut sub = hub.subscribe(vec![Topic::new("t").unwrap()], &CursorInput::Now);
-        // Drive the subscription into its live phase before publishing.
-        let first = tokio::time::timeout(Duration::from_millis(50), sub.next()).await;
-        assert!(first.is_err(), "nothing new yet");
+        let mut sub = hub
+            .subscribe(vec![Topic::new("t").unwrap()], &CursorInput::Now)
+            .await
+            .unwrap();
         publish(&hub, "t", "new".into()).await;
         assert_eq!(next_event(&mut sub).await.data, "new");
         token.cancel();

@@ -74,7 +74,10 @@ pub async fn follow(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(uri.query());
     let cursor = cursor(&headers, &query, CursorInput::Now);
-    let sub = state.hub().subscribe(vec![notifications_topic()?], &cursor);
+    let sub = state
+        .hub()
+        .subscribe(vec![notifications_topic()?], &cursor)
+        .await?;
     let encoder = SseEncoder {
         comment: Some(Bytes::from_static(NOTIFICATION_COMMENT)),
     };

@@ -78,14 +78,14 @@ async fn subscribe(
             let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state)
                 .await
                 .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-            Ok(ws::respond(&state, upgrade, hub.subscribe(topics, &cursor)))
+            let sub = hub.subscribe(topics, &cursor).await?;
+            Ok(ws::respond(&state, upgrade, sub))
         }
-        Transport::Sse => Ok(sse::respond(
-            &state,
-            hub.subscribe(topics, &cursor),
-            sse::SseEncoder::default(),
-        )),
-        Transport::Stream => Ok(stream::respond(hub.subscribe(topics, &cursor))),
+        Transport::Sse => {
+            let sub = hub.subscribe(topics, &cursor).await?;
+            Ok(sse::respond(&state, sub, sse::SseEncoder::default()))
+        }
+        Transport::Stream => Ok(stream::respond(hub.subscribe(topics, &cursor).await?)),
         Transport::LongPoll => long_poll::respond(&state, &topics, &cursor, &query).await,
         Transport::Poll => poll::respond(&state, &topics, &cursor, &query).await,
     }

@@ -1,0 +1,156 @@
+//! Starts the real `herald` binary on a free port and talks to it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long any single wait in these tests may take before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// A running `herald serve` process, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    args: Vec<String>,
+}
+
+impl Server {
+    /// `herald serve --listen 127.0.0.1:0 --store memory` plus `extra` flags.
+    pub fn start(extra: &[&str]) -> Server {
+        let mut args: Vec<String> = vec!["--store".into(), "memory".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Server::spawn("127.0.0.1:0", args)
+    }
+
+    fn spawn(listen: &str, args: Vec<String>) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.arg("serve").arg("--listen").arg(listen).args(&args);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn herald");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(PATIENCE)
+            .expect("herald did not report its address");
+        let addr = line
+            .strip_prefix("herald listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_owned();
+        Server { child, addr, args }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends SIGTERM (graceful shutdown) without waiting.
+    pub fn terminate(&self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait for herald")
+    }
+
+    /// Stops the server with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.terminate();
+        self.wait()
+    }
+
+    /// Stops the server gracefully and starts it again on the same address.
+    pub fn restart(&mut self) {
+        self.stop();
+        let fresh = Server::spawn(&self.addr.clone(), self.args.clone());
+        // The old handle's process has exited; dropping it is harmless.
+        drop(std::mem::replace(self, fresh));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("reqwest client")
+}
+
+/// Publishes `data` to `topic` and returns the event id.
+pub async fn publish(server: &Server, topic: &str, data: &str) -> String {
+    let r = client()
+        .post(server.url(&format!("/topics/{topic}")))
+        .body(data.to_owned())
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(r.status(), 201, "publish {topic}");
+    let v: serde_json::Value = r.json().await.expect("publish answer");
+    v["id"].as_str().expect("id").to_owned()
+}
+
+/// The value of one metric line (`name{labels} value`) from `/metrics`.
+pub async fn metric(server: &Server, series: &str) -> f64 {
+    let text = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map(|v| v.trim().parse().expect("metric value"))
+        .unwrap_or_else(|| panic!("no metric {series} in:\n{text}"))
+}
+
+/// Polls `/metrics` until `series` equals `want`, for at most [`PATIENCE`].
+/// Waiting on the server's own count is the only way to observe it.
+pub async fn wait_for_metric(server: &Server, series: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let got = metric(server, series).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} stayed {got}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Awaits `fut` for at most [`PATIENCE`].
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}

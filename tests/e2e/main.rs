@@ -1,0 +1,14 @@
+//! End-to-end tests: the real `herald` binary on an ephemeral port, driven
+//! by clients nobody here wrote (reqwest, tokio-tungstenite,
+//! eventsource-stream, Node's `eventsource`) and by raw sockets where the
+//! exact bytes matter.
+
+mod harness;
+
+mod articles;
+mod bad_input;
+mod node;
+mod publish;
+mod resources;
+mod sse_wire;
+mod transports;
