@@ -3,6 +3,9 @@
 //! eventsource-stream, Node's `eventsource`) and by raw sockets where the
 //! exact bytes matter.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
+#[allow(dead_code)] // not every helper is used by every test yet
 mod harness;
 
 mod articles;

@@ -47,7 +47,7 @@ impl Raw {
     }
 
     /// Reads until the server closes the connection.
-    async fn to_end(&mut self) -> String {
+    async fn read_to_close(&mut self) -> String {
         tokio::time::timeout(PATIENCE, self.stream.read_to_end(&mut self.seen))
             .await
             .expect("server did not close")
@@ -132,7 +132,7 @@ async fn ndjson_on_http_1_0_is_close_delimited() {
         "GET /topics/old?transport=stream&last-event-id=all HTTP/1.0\r\n\r\n",
     )
     .await;
-    let text = raw.to_end().await;
+    let text = raw.read_to_close().await;
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let head = head.to_ascii_lowercase();
     assert!(head.contains(" 200 "), "{head}");

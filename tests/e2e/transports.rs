@@ -465,11 +465,9 @@ async fn websocket_pings_and_says_goodbye_on_shutdown() {
         tokio_tungstenite::connect_async(server.url("/topics/ka").replacen("http", "ws", 1))
             .await
             .unwrap();
-    loop {
-        match within("ping", ws.next()).await.unwrap().unwrap() {
-            Message::Ping(_) => break,
-            other => panic!("expected a ping, got {other:?}"),
-        }
+    match within("ping", ws.next()).await.unwrap().unwrap() {
+        Message::Ping(_) => {}
+        other => panic!("expected a ping, got {other:?}"),
     }
     ws.send(Message::Text("ignored".into())).await.unwrap();
     server.terminate();
@@ -499,4 +497,44 @@ async fn streams_send_keep_alives_when_idle() {
         .unwrap()
         .unwrap();
     assert_eq!(&chunk[..], b"\n");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_ends_streams_and_answers_long_polls() {
+    let mut server = Server::start(&[]);
+    let sse = client()
+        .get(server.url("/topics/bye"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let nd = client()
+        .get(server.url("/topics/bye"))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    let url = server.url("/topics/bye?transport=long-poll&timeout=60");
+    let poll = tokio::spawn(async move { client().get(url).send().await.unwrap() });
+    crate::harness::wait_for_metric(
+        &server,
+        "herald_subscriptions{transport=\"long-poll\"}",
+        1.0,
+    )
+    .await;
+    server.terminate();
+
+    // Each stream ends with a clean end of body, not an error.
+    let mut events = sse.bytes_stream().eventsource();
+    while let Some(item) = within("sse end", events.next()).await {
+        item.expect("the SSE body ends cleanly");
+    }
+    let mut body = nd.bytes_stream();
+    while let Some(item) = within("ndjson end", body.next()).await {
+        item.expect("the NDJSON body ends cleanly");
+    }
+    let answer = within("long poll answered", poll).await.unwrap();
+    assert_eq!(answer.status(), 204);
+    assert!(answer.headers().contains_key("herald-cursor"));
+    assert!(server.wait().success());
 }

@@ -45,14 +45,16 @@ pub struct StreamCounters {
     pub dropped: Counter,
 }
 
-impl StreamCounters {
-    pub fn new() -> StreamCounters {
+impl Default for StreamCounters {
+    fn default() -> StreamCounters {
         StreamCounters {
             delivered: metrics::counter!("herald_events_delivered_total"),
             dropped: metrics::counter!("herald_subscribers_dropped_total"),
         }
     }
+}
 
+impl StreamCounters {
     /// Notes how a stream ended.
     pub fn ended(&self, reason: &EndReason, transport: Transport) {
         match reason {
@@ -94,7 +96,7 @@ pub fn streaming_body<E: Encode>(
         sub,
         encoder,
         queue: first.into_iter().collect(),
-        counters: StreamCounters::new(),
+        counters: StreamCounters::default(),
         transport,
         _gauge: SubscriptionGauge::open(transport),
     };

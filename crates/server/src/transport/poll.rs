@@ -48,7 +48,7 @@ pub fn to_response(answer: &PollAnswer) -> Response {
         }
         r
     } else {
-        StreamCounters::new()
+        StreamCounters::default()
             .delivered
             .increment(answer.events.len() as u64);
         let size: usize = answer.events.iter().map(|e| e.json_line().len()).sum();

@@ -45,7 +45,7 @@ pub fn respond(state: &AppState, upgrade: WebSocketUpgrade, sub: Subscription) -
 
 async fn run(mut socket: WebSocket, mut sub: Subscription) {
     let _gauge = SubscriptionGauge::open(Transport::WebSocket);
-    let counters = StreamCounters::new();
+    let counters = StreamCounters::default();
     loop {
         let next = tokio::select! {
             incoming = socket.recv() => match incoming {
