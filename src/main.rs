@@ -63,6 +63,11 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    // Every subscriber holds a socket: allow as many as the hard limit does.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let metrics = install_metrics()?;
     let shutdown = CancellationToken::new();
     let fanout = Fanout::new(config.subscriber_buffer);
