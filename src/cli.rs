@@ -2,6 +2,7 @@
 //! into a [`ServeConfig`] before anything starts.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -32,9 +33,14 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:7171")]
     pub listen: SocketAddr,
-    /// Where events are kept: `memory`.
-    #[arg(long, env = "HERALD_STORE", default_value = "memory")]
+    /// Where events are kept: `file:DIR` (embedded, durable; the database is
+    /// DIR/herald.db) or `memory` (nothing survives a restart).
+    #[arg(long, env = "HERALD_STORE", default_value = "file:./herald-data")]
     pub store: String,
+    /// Refuse publishes (503) once the embedded database would grow past
+    /// this many bytes.
+    #[arg(long, env = "HERALD_MAX_DB_SIZE")]
+    pub max_db_size: Option<u64>,
     /// Newest events kept per topic.
     #[arg(long, env = "HERALD_RETENTION_EVENTS", default_value_t = 1000)]
     pub retention_events: usize,
@@ -70,6 +76,10 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreChoice {
     Memory,
+    File {
+        dir: PathBuf,
+        max_bytes: Option<u64>,
+    },
 }
 
 /// Everything `serve` needs, checked.
@@ -102,7 +112,17 @@ impl ServeArgs {
     pub fn validate(&self) -> anyhow::Result<ServeConfig> {
         let store = match self.store.trim() {
             "memory" => StoreChoice::Memory,
-            other => bail!("--store: {other:?} is not a store this build knows (memory)"),
+            uri if uri.starts_with("file:") => {
+                let dir = uri.trim_start_matches("file:").trim_start_matches("//");
+                if dir.is_empty() {
+                    bail!("--store: file: needs a directory, like file:./herald-data");
+                }
+                StoreChoice::File {
+                    dir: PathBuf::from(dir),
+                    max_bytes: self.max_db_size,
+                }
+            }
+            other => bail!("--store: {other:?} is not a store this build knows (memory, file:DIR)"),
         };
         if self.retention_events == 0 {
             bail!("--retention-events must be at least 1");
@@ -161,6 +181,17 @@ mod tests {
     fn defaults_and_durations() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:7171");
+        assert_eq!(
+            c.store,
+            StoreChoice::File {
+                dir: PathBuf::from("./herald-data"),
+                max_bytes: None
+            }
+        );
+        assert_eq!(
+            parse(&["--store", "memory"]).unwrap().store,
+            StoreChoice::Memory
+        );
         assert_eq!(c.hub.keepalive, Duration::from_secs(15));
         assert_eq!(c.retention.max_age, Some(Duration::from_secs(7200 * 12)));
         let c = parse(&[
@@ -181,6 +212,7 @@ mod tests {
     fn refuses_bad_values() {
         assert!(parse(&["--keepalive", "soon"]).is_err());
         assert!(parse(&["--store", "floppy:"]).is_err());
+        assert!(parse(&["--store", "file:"]).is_err());
         assert!(parse(&["--retention-events", "0"]).is_err());
         assert!(parse(&["--listen", "nowhere"]).is_err());
     }

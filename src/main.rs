@@ -9,6 +9,7 @@ use herald_core::fanout::Fanout;
 use herald_core::heartbeat::Heartbeat;
 use herald_core::store::Store;
 use herald_core::store::memory::MemoryStore;
+use herald_core::store::sqlite::{SqliteConfig, SqliteStore};
 use herald_server::{AppState, describe_metrics};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -18,7 +19,18 @@ mod cli;
 
 use cli::{Cli, Command, ServeConfig, StoreChoice};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One clear line with every cause, not a backtrace.
+            eprintln!("herald: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
@@ -71,8 +83,16 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let metrics = install_metrics()?;
     let shutdown = CancellationToken::new();
     let fanout = Fanout::new(config.subscriber_buffer);
-    let store: Arc<dyn Store> = match config.store {
+    let store: Arc<dyn Store> = match &config.store {
         StoreChoice::Memory => MemoryStore::new(config.retention, fanout),
+        StoreChoice::File { dir, max_bytes } => {
+            let sqlite = SqliteConfig {
+                dir: dir.clone(),
+                retention: config.retention,
+                max_bytes: *max_bytes,
+            };
+            SqliteStore::open(sqlite, fanout).context("opening the embedded store")?
+        }
     };
     tracing::info!(store = %store.describe(), "store ready");
     let heartbeat = Heartbeat::start(config.hub.keepalive, shutdown.clone());

@@ -18,9 +18,32 @@ pub struct Server {
 impl Server {
     /// `herald serve --listen 127.0.0.1:0 --store memory` plus `extra` flags.
     pub fn start(extra: &[&str]) -> Server {
-        let mut args: Vec<String> = vec!["--store".into(), "memory".into()];
+        Server::start_with("memory", extra)
+    }
+
+    /// The embedded durable store in `dir`, plus `extra` flags.
+    pub fn start_in(dir: &std::path::Path, extra: &[&str]) -> Server {
+        Server::start_with(&format!("file:{}", dir.display()), extra)
+    }
+
+    /// Any `--store` URI, plus `extra` flags.
+    pub fn start_with(store: &str, extra: &[&str]) -> Server {
+        let mut args: Vec<String> = vec!["--store".into(), store.into()];
         args.extend(extra.iter().map(|s| s.to_string()));
         Server::spawn("127.0.0.1:0", args)
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a fresh process with the same flags on the same address.
+    pub fn start_again(&mut self) {
+        let fresh = Server::spawn(&self.addr.clone(), self.args.clone());
+        // The old process has exited; dropping its handle is harmless.
+        drop(std::mem::replace(self, fresh));
     }
 
     fn spawn(listen: &str, args: Vec<String>) -> Server {
@@ -78,10 +101,8 @@ impl Server {
 
     /// Stops the server gracefully and starts it again on the same address.
     pub fn restart(&mut self) {
-        self.stop();
-        let fresh = Server::spawn(&self.addr.clone(), self.args.clone());
-        // The old handle's process has exited; dropping it is harmless.
-        drop(std::mem::replace(self, fresh));
+        assert!(self.stop().success(), "graceful stop exits 0");
+        self.start_again();
     }
 }
 
@@ -145,6 +166,37 @@ pub async fn wait_for_metric(server: &Server, series: &str, want: f64) {
             "{series} stayed {got}, wanted {want}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A fresh empty directory, removed when dropped.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("herald-test-")
+        .tempdir()
+        .unwrap()
+}
+
+/// Every event of `topic`, read by short poll from the oldest.
+pub async fn read_all(server: &Server, topic: &str) -> Vec<serde_json::Value> {
+    let mut cursor = "all".to_owned();
+    let mut out = Vec::new();
+    loop {
+        let r = client()
+            .get(server.url(&format!(
+                "/topics/{topic}?limit=1000&last-event-id={cursor}"
+            )))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 204 {
+            return out;
+        }
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["gap"], false, "reading {topic} from the start met a gap");
+        out.extend(v["events"].as_array().unwrap().iter().cloned());
+        cursor = v["next"].as_str().unwrap().to_owned();
     }
 }
 

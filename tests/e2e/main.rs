@@ -10,6 +10,7 @@ mod harness;
 
 mod articles;
 mod bad_input;
+mod durability;
 mod node;
 mod publish;
 mod resources;

@@ -1,0 +1,119 @@
+//! The database file: where it lives, how it is opened, what it holds.
+//!
+//! Plain tables, readable with the `sqlite3` shell:
+//!
+//! - `topics`: per topic, the newest id ever given out (`last_*`), the newest
+//!   id dropped by retention (`trimmed_*`) and how many events are kept.
+//! - `events`: one row per retained event, keyed by `(topic, ms, seq)`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::StoreError;
+
+/// The database's file name inside the data directory.
+pub const FILE_NAME: &str = "herald.db";
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS topics (
+    topic       TEXT PRIMARY KEY,
+    last_ms     INTEGER NOT NULL,
+    last_seq    INTEGER NOT NULL,
+    trimmed_ms  INTEGER,
+    trimmed_seq INTEGER,
+    count       INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    topic    TEXT NOT NULL,
+    ms       INTEGER NOT NULL,
+    seq      INTEGER NOT NULL,
+    kind     TEXT NOT NULL,
+    data     TEXT NOT NULL,
+    idem_key TEXT,
+    PRIMARY KEY (topic, ms, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS events_idem ON events (topic, idem_key) WHERE idem_key IS NOT NULL;
+";
+
+/// Turns a SQLite error into a store error: whatever stops a write (a full
+/// disk, a quota, an I/O error, a damaged file) makes the store unavailable.
+pub fn error(context: &str, e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("{context}: {e}"))
+}
+
+fn tune(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+/// Opens (creating if needed) the database for the single writer, checks it
+/// is sound and brings its schema up to date. `max_bytes` caps its size.
+pub fn open_writer(dir: &Path, max_bytes: Option<u64>) -> Result<Connection, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot create the data directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let path = dir.join(FILE_NAME);
+    let fail = |what: &str, e: rusqlite::Error| {
+        StoreError::Unavailable(format!("{} {what}: {e}", path.display()))
+    };
+    let conn = Connection::open(&path).map_err(|e| fail("cannot be opened", e))?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(|e| fail("is not a usable database", e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unavailable(format!(
+            "{} cannot use write-ahead logging (journal mode {mode})",
+            path.display()
+        )));
+    }
+    tune(&conn).map_err(|e| fail("cannot be configured", e))?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |row| row.get(0))
+        .map_err(|e| fail("failed its integrity check", e))?;
+    if check != "ok" {
+        return Err(StoreError::Unavailable(format!(
+            "{} is damaged ({check}); restore it from a backup or move it away",
+            path.display()
+        )));
+    }
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|e| fail("cannot be read", e))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "{} was written by a newer herald (schema {version})",
+            path.display()
+        )));
+    }
+    conn.execute_batch(SCHEMA)
+        .map_err(|e| fail("cannot be written", e))?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(|e| fail("cannot be written", e))?;
+    if let Some(max) = max_bytes {
+        let page: i64 = conn
+            .pragma_query_value(None, "page_size", |row| row.get(0))
+            .map_err(|e| fail("cannot be read", e))?;
+        let pages = i64::try_from(max).unwrap_or(i64::MAX) / page.max(1);
+        conn.pragma_update(None, "max_page_count", pages.max(1))
+            .map_err(|e| fail("cannot be configured", e))?;
+    }
+    Ok(conn)
+}
+
+/// Opens a connection for reading; the writer has created the file.
+pub fn open_reader(dir: &Path) -> Result<Connection, StoreError> {
+    let path = dir.join(FILE_NAME);
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn =
+        Connection::open_with_flags(&path, flags).map_err(|e| error("opening a reader", e))?;
+    tune(&conn).map_err(|e| error("configuring a reader", e))?;
+    Ok(conn)
+}

@@ -1,0 +1,307 @@
+//! The one writer: a thread that owns the writing connection and commits
+//! whatever publishes are waiting as one transaction (group commit).
+//!
+//! While one commit's fsync runs, new publishes queue up; the next loop
+//! takes them all, so concurrency raises throughput without any timer or
+//! added latency for a lone publish. Only after the commit returns are the
+//! new events handed to the fan-out — in commit order, which is id order —
+//! and the publishers answered.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::read::{TopicMeta, event_from_row, sql_int, topic_meta};
+use super::schema::error;
+use crate::error::StoreError;
+use crate::event::{Event, EventId, now_ms};
+use crate::fanout::Fanout;
+use crate::store::{Appended, NewEvent, Retention};
+
+/// Work for the writer.
+pub enum Command {
+    /// Store a batch, all or nothing, and answer on `reply`.
+    Append {
+        batch: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+    },
+    /// Drop events older than the retention age.
+    Trim,
+}
+
+/// Most commands folded into one transaction.
+const MAX_GROUP: usize = 1024;
+
+pub struct Writer {
+    conn: Connection,
+    fanout: Arc<Fanout>,
+    retention: Retention,
+    /// The writer is the only one who changes `topics`, so this cache is the
+    /// truth once loaded. Cleared whenever a transaction fails.
+    meta: HashMap<String, TopicMeta>,
+}
+
+impl Writer {
+    pub fn new(conn: Connection, fanout: Arc<Fanout>, retention: Retention) -> Writer {
+        Writer {
+            conn,
+            fanout,
+            retention,
+            meta: HashMap::new(),
+        }
+    }
+
+    /// Runs until every sender is gone.
+    pub fn run(mut self, commands: Receiver<Command>) {
+        while let Ok(first) = commands.recv() {
+            let mut appends = Vec::new();
+            let mut trim = false;
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Append { batch, reply } => appends.push((batch, reply)),
+                    Command::Trim => trim = true,
+                }
+                if appends.len() < MAX_GROUP {
+                    next = match commands.try_recv() {
+                        Ok(c) => Some(c),
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+                    };
+                }
+            }
+            if !appends.is_empty() {
+                self.commit_group(appends);
+            }
+            if trim && let Err(e) = self.trim_by_age() {
+                self.meta.clear();
+                tracing::warn!(error = %e, "retention sweep failed; will retry");
+            }
+        }
+    }
+
+    fn commit_group(
+        &mut self,
+        appends: Vec<(
+            Vec<NewEvent>,
+            oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+        )>,
+    ) {
+        let now = now_ms();
+        let (batches, replies): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
+        match self.write(batches, now) {
+            Ok(results) => {
+                let fresh: Vec<Arc<Event>> = results
+                    .iter()
+                    .flatten()
+                    .filter(|a| !a.replayed)
+                    .map(|a| Arc::clone(&a.event))
+                    .collect();
+                self.fanout.send(&fresh);
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                self.meta.clear();
+                tracing::error!(error = %e, "a group commit failed; its publishes are refused");
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// One transaction for the whole group.
+    fn write(
+        &mut self,
+        batches: Vec<Vec<NewEvent>>,
+        now: u64,
+    ) -> Result<Vec<Vec<Appended>>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| error("starting a write", e))?;
+        let mut touched: HashMap<String, TopicMeta> = HashMap::new();
+        let mut results = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let mut out = Vec::with_capacity(batch.len());
+            for new in batch {
+                out.push(append_one(
+                    &tx,
+                    &self.meta,
+                    &mut touched,
+                    &self.retention,
+                    new,
+                    now,
+                )?);
+            }
+            results.push(out);
+        }
+        for (topic, m) in &touched {
+            save_meta(&tx, topic, m).map_err(|e| error("recording topics", e))?;
+        }
+        tx.commit().map_err(|e| error("committing", e))?;
+        self.meta.extend(touched);
+        Ok(results)
+    }
+
+    /// Deletes, per topic, the events older than the retention age.
+    fn trim_by_age(&mut self) -> Result<(), StoreError> {
+        let Some(age) = self.retention.max_age else {
+            return Ok(());
+        };
+        let cutoff = now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| error("starting a sweep", e))?;
+        let topics: Vec<String> = tx
+            .prepare("SELECT topic FROM topics WHERE count > 0")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(|e| error("listing topics", e))?;
+        let mut touched = HashMap::new();
+        for topic in topics {
+            let boundary: Option<(i64, i64)> = tx
+                .prepare_cached(
+                    "SELECT ms, seq FROM events WHERE topic = ?1 AND ms < ?2 ORDER BY ms DESC, seq DESC LIMIT 1",
+                )
+                .and_then(|mut s| s.query_row(params![topic, sql_int(cutoff)], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                .map_err(|e| error("finding old events", e))?;
+            let Some((ms, seq)) = boundary else { continue };
+            let mut m = cached(&tx, &self.meta, &touched, &topic)?;
+            let deleted = delete_through(&tx, &topic, ms, seq)
+                .map_err(|e| error("deleting old events", e))?;
+            m.count = m.count.saturating_sub(deleted);
+            m.trimmed_to = Some(EventId {
+                ms: u64::try_from(ms).unwrap_or(0),
+                seq: u64::try_from(seq).unwrap_or(0),
+            });
+            save_meta(&tx, &topic, &m).map_err(|e| error("recording topics", e))?;
+            touched.insert(topic, m);
+        }
+        tx.commit().map_err(|e| error("committing a sweep", e))?;
+        self.meta.extend(touched);
+        Ok(())
+    }
+}
+
+/// A topic's bookkeeping as this transaction sees it.
+fn cached(
+    tx: &Transaction<'_>,
+    meta: &HashMap<String, TopicMeta>,
+    touched: &HashMap<String, TopicMeta>,
+    topic: &str,
+) -> Result<TopicMeta, StoreError> {
+    if let Some(m) = touched.get(topic).or_else(|| meta.get(topic)) {
+        return Ok(*m);
+    }
+    Ok(topic_meta(tx, topic)
+        .map_err(|e| error("reading topics", e))?
+        .unwrap_or_default())
+}
+
+fn append_one(
+    tx: &Transaction<'_>,
+    meta: &HashMap<String, TopicMeta>,
+    touched: &mut HashMap<String, TopicMeta>,
+    retention: &Retention,
+    new: NewEvent,
+    now: u64,
+) -> Result<Appended, StoreError> {
+    let topic = new.topic.as_str();
+    if let Some(key) = &new.idempotency_key {
+        let known = tx
+            .prepare_cached(
+                "SELECT ms, seq, kind, data FROM events WHERE topic = ?1 AND idem_key = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![topic, key], |row| event_from_row(&new.topic, row))
+                    .optional()
+            })
+            .map_err(|e| error("looking up an idempotency key", e))?;
+        if let Some(event) = known {
+            return Ok(Appended {
+                event: Arc::new(event),
+                replayed: true,
+            });
+        }
+    }
+    let mut m = cached(tx, meta, touched, topic)?;
+    let id = EventId::next_after(m.last, now);
+    tx.prepare_cached(
+        "INSERT INTO events (topic, ms, seq, kind, data, idem_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            topic,
+            sql_int(id.ms),
+            sql_int(id.seq),
+            new.kind.as_str(),
+            new.data,
+            new.idempotency_key
+        ])
+    })
+    .map_err(|e| error("storing an event", e))?;
+    m.last = id;
+    m.count += 1;
+    let max = retention.max_events as u64;
+    if m.count > max {
+        let excess = m.count - max;
+        let (ms, seq): (i64, i64) = tx
+            .prepare_cached(
+                "SELECT ms, seq FROM events WHERE topic = ?1 ORDER BY ms, seq LIMIT 1 OFFSET ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![topic, sql_int(excess - 1)], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+            })
+            .map_err(|e| error("finding events past retention", e))?;
+        let deleted = delete_through(tx, topic, ms, seq).map_err(|e| error("trimming", e))?;
+        m.count = m.count.saturating_sub(deleted);
+        m.trimmed_to = Some(EventId {
+            ms: u64::try_from(ms).unwrap_or(0),
+            seq: u64::try_from(seq).unwrap_or(0),
+        });
+    }
+    touched.insert(topic.to_owned(), m);
+    let event = Event::new(id, new.topic, new.kind, new.data);
+    Ok(Appended {
+        event: Arc::new(event),
+        replayed: false,
+    })
+}
+
+/// Deletes a topic's events up to and including `(ms, seq)`.
+fn delete_through(
+    tx: &Transaction<'_>,
+    topic: &str,
+    ms: i64,
+    seq: i64,
+) -> Result<u64, rusqlite::Error> {
+    let n = tx
+        .prepare_cached("DELETE FROM events WHERE topic = ?1 AND (ms, seq) <= (?2, ?3)")?
+        .execute(params![topic, ms, seq])?;
+    Ok(n as u64)
+}
+
+fn save_meta(tx: &Transaction<'_>, topic: &str, m: &TopicMeta) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached(
+        "INSERT INTO topics (topic, last_ms, last_seq, trimmed_ms, trimmed_seq, count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (topic) DO UPDATE SET last_ms = ?2, last_seq = ?3, trimmed_ms = ?4,
+             trimmed_seq = ?5, count = ?6",
+    )?
+    .execute(params![
+        topic,
+        sql_int(m.last.ms),
+        sql_int(m.last.seq),
+        m.trimmed_to.map(|t| sql_int(t.ms)),
+        m.trimmed_to.map(|t| sql_int(t.seq)),
+        sql_int(m.count)
+    ])?;
+    Ok(())
+}
