@@ -135,9 +135,29 @@ async fn via_poll(url: String, transport: &str) -> Vec<Seen> {
         .collect()
 }
 
-#[tokio::test]
-async fn every_transport_delivers_the_same_history_intact() {
-    let server = Server::start(&[]);
+/// Runs a scenario once on the memory store and once on the embedded store.
+macro_rules! on_every_store {
+    ($scenario:ident, $memory:ident, $file:ident, $flags:expr) => {
+        #[tokio::test]
+        async fn $memory() {
+            $scenario(Server::start($flags)).await;
+        }
+
+        #[tokio::test]
+        async fn $file() {
+            let dir = crate::harness::temp_dir();
+            $scenario(Server::start_in(dir.path(), $flags)).await;
+        }
+    };
+}
+
+on_every_store!(same_history, same_history_memory, same_history_file, &[]);
+on_every_store!(resume, resume_memory, resume_file, &[]);
+on_every_store!(gap, gap_memory, gap_file, &["--retention-events", "3"]);
+on_every_store!(multi_topic, multi_topic_memory, multi_topic_file, &[]);
+
+/// Every transport delivers the same history intact.
+async fn same_history(server: Server) {
     let published = publish_all(&server, "same").await;
     let url = server.url("/topics/same?last-event-id=all");
     let n = published.len();
@@ -206,9 +226,8 @@ async fn every_streaming_transport_delivers_live_events_from_now() {
     assert_eq!(got, published);
 }
 
-#[tokio::test]
-async fn each_transport_resumes_after_a_cursor() {
-    let server = Server::start(&[]);
+/// Each transport resumes after a cursor.
+async fn resume(server: Server) {
     let published = publish_all(&server, "resume").await;
     let after = &published[1].id;
     let rest = published[2..].to_vec();
@@ -310,9 +329,8 @@ async fn long_poll_waits_for_an_event_or_answers_204_with_the_cursor() {
     .await;
 }
 
-#[tokio::test]
-async fn a_multi_topic_cursor_restores_every_topic() {
-    let server = Server::start(&[]);
+/// A multi-topic cursor restores every topic.
+async fn multi_topic(server: Server) {
     publish(&server, "m1", "a1").await;
     publish(&server, "m2", "b1").await;
     let url = server.url("/subscribe?topic=m1&topic=m2&last-event-id=all");
@@ -387,9 +405,8 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-#[tokio::test]
-async fn a_cursor_older_than_history_gets_a_gap_signal_first() {
-    let server = Server::start(&["--retention-events", "3"]);
+/// A cursor older than history gets a gap signal first.
+async fn gap(server: Server) {
     let mut ids = Vec::new();
     for i in 0..6 {
         ids.push(publish(&server, "short", &format!("s{i}")).await);

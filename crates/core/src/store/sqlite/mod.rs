@@ -208,3 +208,73 @@ mod tests {
         let _ = std::fs::remove_dir_all(root);
     }
 }
+
+#[cfg(test)]
+mod seam_tests {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::cursor::CursorInput;
+    use crate::heartbeat::Heartbeat;
+    use crate::hub::{Hub, HubConfig};
+    use crate::name::EventType;
+    use crate::subscription::Next;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn history_then_live_without_gap_or_duplicate_under_concurrent_publishing() {
+        let dir = std::env::temp_dir().join(format!("herald-seam-{}", std::process::id()));
+        let config = SqliteConfig {
+            dir: dir.clone(),
+            retention: Retention {
+                max_events: 100_000,
+                max_age: None,
+            },
+            max_bytes: None,
+        };
+        let store = SqliteStore::open(config, Fanout::new(100_000)).unwrap();
+        let token = CancellationToken::new();
+        let hub_config = HubConfig {
+            page_size: 7,
+            ..HubConfig::default()
+        };
+        let hub = Hub::new(
+            store,
+            hub_config,
+            Heartbeat::start(Duration::from_secs(3600), token.clone()),
+        );
+        let new = |i: usize| NewEvent {
+            topic: Topic::new("seam").unwrap(),
+            kind: EventType::message(),
+            data: i.to_string(),
+            idempotency_key: None,
+        };
+        for i in 0..200 {
+            hub.publish(vec![new(i)]).await.unwrap();
+        }
+        let mut sub = hub
+            .subscribe(vec![Topic::new("seam").unwrap()], &CursorInput::All)
+            .await
+            .unwrap();
+        let publisher = {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                for i in 200..1200 {
+                    hub.publish(vec![new(i)]).await.unwrap();
+                }
+            })
+        };
+        for want in 0..1200 {
+            match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
+                Ok(Next::Event(e)) => assert_eq!(e.data, want.to_string()),
+                other => panic!("expected event {want}, got {other:?}"),
+            }
+        }
+        publisher.await.unwrap();
+        drop(sub);
+        drop(hub);
+        token.cancel();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
