@@ -2,22 +2,23 @@
 //! driven by `tests/node/follow.mjs` — against the real server: the server
 //! ends every stream after a while (`--max-stream-age`), the client
 //! reconnects by itself with `Last-Event-ID`, and still sees every event
-//! exactly once, in order.
+//! exactly once, in order. A second test does the same across graceful
+//! restarts of a server with a durable store.
 //!
 //! Needs `node` (>= 20) on PATH and `tests/node/node_modules` (installed here
-//! with `npm ci` when missing). Without them the test prints `SKIPPED:` and
+//! with `npm ci` when missing). Without them each test prints `SKIPPED:` and
 //! passes, unless `HERALD_STRICT_TESTS` is set (CI sets it): then it fails.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 
-use crate::harness::{Server, publish, within};
+use crate::harness::{Server, metric, publish, temp_dir, within};
 
 /// `tests/node`: package.json, package-lock.json and the scripts.
 fn node_dir() -> PathBuf {
@@ -137,6 +138,178 @@ fn expected_data(i: usize) -> String {
     payload(i).replace("\r\n", "\n").replace('\r', "\n")
 }
 
+/// A running `follow.mjs`: its stdout is `ready`, then progress lines (`got
+/// ID` per message, `error [MESSAGE]` per lost stream or failed connect), then
+/// the JSON report.
+struct Follower {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+/// What `follow.mjs` reports once it has every message it waited for.
+struct Report {
+    events: Vec<(String, String)>,
+    opens: u64,
+    gaps: Value,
+}
+
+impl Follower {
+    /// Starts `follow.mjs` on `url` for `count` messages and waits until its
+    /// EventSource is connected.
+    async fn start(env: &NodeEnv, url: &str, count: usize) -> Follower {
+        let mut child = Command::new(&env.node)
+            .arg(env.dir.join("follow.mjs"))
+            .arg(url)
+            .arg(count.to_string())
+            .current_dir(&env.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn node follow.mjs");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut follower = Follower { child, lines };
+        let first = within("the EventSource to open", follower.next_line())
+            .await
+            .expect("follow.mjs exited before it connected");
+        assert_eq!(first, "ready");
+        follower
+    }
+
+    /// The next line of stdout; `None` once follow.mjs has closed it.
+    async fn next_line(&mut self) -> Option<String> {
+        self.lines
+            .next_line()
+            .await
+            .expect("read follow.mjs stdout")
+    }
+
+    /// Reads progress lines until follow.mjs says it received `id`.
+    async fn received(&mut self, id: &str) {
+        within(&format!("follow.mjs to receive {id}"), async {
+            loop {
+                let line = self
+                    .next_line()
+                    .await
+                    .unwrap_or_else(|| panic!("follow.mjs exited before it received {id}"));
+                match line.strip_prefix("got ") {
+                    Some(got) if got == id => return,
+                    Some(_) => {}
+                    None if is_error(&line) => {}
+                    None => panic!("follow.mjs printed {line:?} before it received {id}"),
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Reads progress lines until follow.mjs reports a refused connection
+    /// attempt; returns the `error` lines up to and including that one. No
+    /// message may arrive meanwhile.
+    async fn refused(&mut self) -> Vec<String> {
+        within("the EventSource to be refused", async {
+            let mut errors = Vec::new();
+            loop {
+                let line = self
+                    .next_line()
+                    .await
+                    .expect("follow.mjs exited while waiting to be refused");
+                assert!(
+                    is_error(&line),
+                    "follow.mjs printed {line:?} while the server was down"
+                );
+                let refused = line.contains("ECONNREFUSED");
+                errors.push(line);
+                if refused {
+                    return errors;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Skips the remaining progress lines, reads the report and waits for
+    /// follow.mjs to exit successfully.
+    async fn report(mut self) -> Report {
+        let line = within("follow.mjs to report", async {
+            loop {
+                match self.next_line().await {
+                    Some(line) if line.starts_with("got ") || is_error(&line) => {}
+                    Some(line) => return line,
+                    None => panic!("follow.mjs exited without a report"),
+                }
+            }
+        })
+        .await;
+        let status = within("follow.mjs to exit", self.child.wait())
+            .await
+            .expect("wait for follow.mjs");
+        assert!(status.success(), "follow.mjs: {status}");
+
+        let report: Value = serde_json::from_str(&line).expect("follow.mjs report is JSON");
+        let events = report["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| {
+                let id = e["id"].as_str().expect("id").to_owned();
+                (id, e["data"].as_str().expect("data").to_owned())
+            })
+            .collect();
+        Report {
+            events,
+            opens: report["opens"].as_u64().expect("opens"),
+            gaps: report["gaps"].clone(),
+        }
+    }
+}
+
+/// Whether `line` is follow.mjs's `error` progress line.
+fn is_error(line: &str) -> bool {
+    line == "error" || line.starts_with("error ")
+}
+
+impl Report {
+    /// Asserts that the client saw exactly `want` (id, data), in order and
+    /// once each, no gap, over at least `min_opens` connections.
+    fn check(&self, want: &[(String, String)], min_opens: u64, why_opens: &str) {
+        let got = &self.events;
+        let opens = self.opens;
+        eprintln!(
+            "node eventsource: {} events over {opens} connections",
+            got.len()
+        );
+        let missing: Vec<&String> = want
+            .iter()
+            .filter(|w| !got.contains(w))
+            .map(|(_, d)| d)
+            .collect();
+        let mut repeated: Vec<&String> = got
+            .iter()
+            .filter(|g| got.iter().filter(|o| o == g).count() > 1)
+            .map(|(_, d)| d)
+            .collect();
+        repeated.dedup();
+        assert_eq!(
+            got,
+            want,
+            "events differ: {} received for {} published; missing {missing:?}; duplicated {repeated:?}",
+            got.len(),
+            want.len()
+        );
+        assert!(
+            self.gaps.as_array().is_some_and(|g| g.is_empty()),
+            "the server reported a gap to a client that held a retained cursor: {}",
+            self.gaps
+        );
+        assert!(
+            opens >= min_opens,
+            "only {opens} connection(s), wanted at least {min_opens}: {why_opens}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn node_eventsource_resumes_exactly_once_across_server_drops() {
     let Some(env) = node_or_skip("node_eventsource_resumes_exactly_once_across_server_drops")
@@ -144,25 +317,7 @@ async fn node_eventsource_resumes_exactly_once_across_server_drops() {
         return;
     };
     let server = Server::start(&["--max-stream-age", "700ms", "--retry", "100ms"]);
-
-    let mut follower = Command::new(&env.node)
-        .arg(env.dir.join("follow.mjs"))
-        .arg(server.url("/topics/feed?transport=sse"))
-        .arg(EVENTS.to_string())
-        .current_dir(&env.dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn node follow.mjs");
-    let mut lines = BufReader::new(follower.stdout.take().expect("stdout")).lines();
-
-    let first = within("the EventSource to open", lines.next_line())
-        .await
-        .expect("read follow.mjs stdout")
-        .expect("follow.mjs exited before it connected");
-    assert_eq!(first, "ready");
+    let follower = Follower::start(env, &server.url("/topics/feed?transport=sse"), EVENTS).await;
 
     // Publish in 6 groups of 10 with different spacing, so that events land
     // both on live streams and while the client is between connections. The
@@ -176,56 +331,96 @@ async fn node_eventsource_resumes_exactly_once_across_server_drops() {
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 
-    let line = within("follow.mjs to report", lines.next_line())
-        .await
-        .expect("read follow.mjs stdout")
-        .expect("follow.mjs exited without a report");
-    let status = within("follow.mjs to exit", follower.wait())
-        .await
-        .expect("wait for follow.mjs");
-    assert!(status.success(), "follow.mjs: {status}");
+    follower.report().await.check(
+        &want,
+        2,
+        "the client never reconnected, so the drops were not exercised",
+    );
+}
 
-    let report: Value = serde_json::from_str(&line).expect("follow.mjs report is JSON");
-    let got: Vec<(String, String)> = report["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .map(|e| {
-            let id = e["id"].as_str().expect("id").to_owned();
-            (id, e["data"].as_str().expect("data").to_owned())
-        })
-        .collect();
-    let opens = report["opens"].as_u64().expect("opens");
-    eprintln!(
-        "node eventsource: {} events over {opens} connections",
-        got.len()
-    );
+/// Events published per round of the restart test; a graceful restart
+/// separates the rounds.
+const PER_ROUND: usize = 10;
+const ROUNDS: usize = 3;
 
-    let missing: Vec<&String> = want
-        .iter()
-        .filter(|w| !got.contains(w))
-        .map(|(_, d)| d)
-        .collect();
-    let mut repeated: Vec<&String> = got
-        .iter()
-        .filter(|g| got.iter().filter(|o| o == g).count() > 1)
-        .map(|(_, d)| d)
-        .collect();
-    repeated.dedup();
-    assert_eq!(
-        got,
-        want,
-        "events differ: {} received for {} published; missing {missing:?}; duplicated {repeated:?}",
-        got.len(),
-        want.len()
-    );
-    assert!(
-        report["gaps"].as_array().is_some_and(|g| g.is_empty()),
-        "the server reported a gap to a client that held a retained cursor: {}",
-        report["gaps"]
-    );
-    assert!(
-        opens >= 2,
-        "the client never reconnected ({opens} connection): the drops were not exercised"
+const SSE_GAUGE: &str = "herald_subscriptions{transport=\"sse\"}";
+
+/// Sends SIGTERM and waits, at most [`PATIENCE`](crate::harness::PATIENCE),
+/// for `server` to exit 0. `Child::wait` blocks, so the wait runs on a thread
+/// of its own: a server that never exits fails the test (and is left
+/// running) instead of hanging it.
+async fn stop_gracefully(mut server: Server) -> Server {
+    server.terminate();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let status = server.wait();
+        let _ = tx.send((server, status));
+    });
+    let (server, status) = within("herald to exit after SIGTERM", rx)
+        .await
+        .expect("the waiting thread answers");
+    assert!(status.success(), "graceful shutdown exits 0, not {status}");
+    server
+}
+
+#[tokio::test]
+async fn node_eventsource_resumes_across_a_server_restart() {
+    let Some(env) = node_or_skip("node_eventsource_resumes_across_a_server_restart") else {
+        return;
+    };
+    let dir = temp_dir();
+    let mut server = Server::start_in(dir.path(), &["--retry", "100ms"]);
+    let mut follower = Follower::start(
+        env,
+        &server.url("/topics/restart?transport=sse"),
+        ROUNDS * PER_ROUND,
+    )
+    .await;
+
+    // Round 0 goes to a connected client. Before each later round the server
+    // stops gracefully, which ends the stream cleanly; the test waits until
+    // the client's reconnect has been refused, then starts the server again
+    // on the same address and data directory and publishes the round at once,
+    // most likely before the client's next attempt. After each round the test
+    // waits until the client has it, so that every restart leaves the client
+    // holding a cursor to resume from.
+    let mut want = Vec::with_capacity(ROUNDS * PER_ROUND);
+    for round in 0..ROUNDS {
+        let started = Instant::now();
+        if round > 0 {
+            server = stop_gracefully(server).await;
+            let errors = follower.refused().await;
+            assert_eq!(
+                errors[0], "error",
+                "the first thing the client saw of the shutdown was not a clean end of stream: {errors:?}"
+            );
+            server.start_again();
+            eprintln!(
+                "restart {round}: server down for {:?}; the client saw {errors:?}",
+                started.elapsed()
+            );
+        }
+        // Publishes acknowledged while no SSE subscription was open in this
+        // process, i.e. while the client was surely away.
+        let mut away = 0;
+        for i in round * PER_ROUND..(round + 1) * PER_ROUND {
+            let id = publish(&server, "restart", &payload(i)).await;
+            want.push((id, expected_data(i)));
+            if round > 0 && metric(&server, SSE_GAUGE).await == 0.0 {
+                away += 1;
+            }
+        }
+        follower.received(&want.last().expect("published").0).await;
+        eprintln!(
+            "round {round}: {away}/{PER_ROUND} published while the client was away; \
+             the client had the round {:?} after the round began",
+            started.elapsed()
+        );
+    }
+
+    follower.report().await.check(
+        &want,
+        ROUNDS as u64,
+        "the client did not reconnect after every restart",
     );
 }

@@ -3,7 +3,11 @@
 //
 // Usage: node follow.mjs URL COUNT
 //
-// stdout: the line `ready` after the first `open`, then one JSON line
+// stdout: the line `ready` after the first `open`; then, as things happen,
+// `got ID` for every message and `error` when a stream ended (the client will
+// reconnect) or `error MESSAGE` when a connection attempt failed (e.g.
+// refused), so that a test can wait for them; then, after COUNT messages, one
+// JSON line
 //   {"events":[{"id":…,"data":…},…],"opens":N,"gaps":[…]}
 // where `opens` counts connections (the client reconnects by itself, sending
 // Last-Event-ID) and `gaps` holds the data of any `gap` events (there should
@@ -60,6 +64,7 @@ es.addEventListener("open", () => {
 es.addEventListener("message", (e) => {
   armWatchdog();
   events.push({ id: e.lastEventId, data: e.data });
+  process.stdout.write(`got ${e.lastEventId}\n`);
   if (events.length === count) {
     finish(0, JSON.stringify({ events, opens, gaps }));
   }
@@ -71,6 +76,8 @@ es.addEventListener("gap", (e) => {
 
 es.addEventListener("error", (e) => {
   errors += 1;
+  const message = (e.message ?? "").replace(/\s+/g, " ").trim();
+  process.stdout.write(message ? `error ${message}\n` : "error\n");
   // A dropped stream is an `error` followed by a reconnect; CLOSED means the
   // client gave up for good (e.g. an error status), which the test must see.
   if (es.readyState === EventSource.CLOSED) {

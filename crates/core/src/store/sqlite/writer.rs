@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::Receiver;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::oneshot;
@@ -21,13 +21,13 @@ use crate::event::{Event, EventId, now_ms};
 use crate::fanout::Fanout;
 use crate::store::{Appended, NewEvent, Retention};
 
+/// Where the writer answers one append.
+pub type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
+
 /// Work for the writer.
 pub enum Command {
     /// Store a batch, all or nothing, and answer on `reply`.
-    Append {
-        batch: Vec<NewEvent>,
-        reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
-    },
+    Append { batch: Vec<NewEvent>, reply: Reply },
     /// Drop events older than the retention age.
     Trim,
 }
@@ -66,10 +66,8 @@ impl Writer {
                     Command::Trim => trim = true,
                 }
                 if appends.len() < MAX_GROUP {
-                    next = match commands.try_recv() {
-                        Ok(c) => Some(c),
-                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-                    };
+                    // Empty or disconnected: commit what we have.
+                    next = commands.try_recv().ok();
                 }
             }
             if !appends.is_empty() {
@@ -82,13 +80,7 @@ impl Writer {
         }
     }
 
-    fn commit_group(
-        &mut self,
-        appends: Vec<(
-            Vec<NewEvent>,
-            oneshot::Sender<Result<Vec<Appended>, StoreError>>,
-        )>,
-    ) {
+    fn commit_group(&mut self, appends: Vec<(Vec<NewEvent>, Reply)>) {
         let now = now_ms();
         let (batches, replies): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
         match self.write(batches, now) {
