@@ -13,6 +13,7 @@ pub mod hub;
 pub mod name;
 pub mod store;
 pub mod subscription;
+pub mod task;
 
 pub use cursor::{Cursor, CursorInput};
 pub use error::StoreError;

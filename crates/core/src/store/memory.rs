@@ -21,11 +21,13 @@ pub struct MemoryStore {
     state: Mutex<HashMap<Topic, Log>>,
     fanout: Arc<Fanout>,
     retention: Retention,
+    /// Tasks, locked before `state` when both are needed.
+    pub(crate) tasks: Mutex<crate::task::memory::MemTasks>,
 }
 
 /// One topic's retained history.
 #[derive(Debug, Default)]
-struct Log {
+pub(crate) struct Log {
     events: VecDeque<Retained>,
     /// The newest id ever given out; survives trimming so ids never repeat.
     last: EventId,
@@ -99,47 +101,14 @@ impl Log {
 }
 
 impl MemoryStore {
-    /// A new store; must be created inside a tokio runtime when retention
-    /// has an age, for the task that drops old events.
-    pub fn new(retention: Retention, fanout: Arc<Fanout>) -> Arc<MemoryStore> {
-        let store = Arc::new(MemoryStore {
-            state: Mutex::new(HashMap::new()),
-            fanout,
-            retention,
-        });
-        if let Some(age) = retention.max_age {
-            tokio::spawn(sweep(Arc::downgrade(&store), age));
-        }
-        store
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<Topic, Log>> {
-        // Every mutation completes before the guard drops; a poisoned lock
-        // still holds consistent logs.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Drops events older than the retention age, in the background, a few
-/// times per age window (at most once a second, at least once a minute).
-async fn sweep(store: Weak<MemoryStore>, age: Duration) {
-    let every = (age / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(store) = store.upgrade() else { return };
-        let now = now_ms();
-        let mut state = store.lock();
-        for log in state.values_mut() {
-            log.trim(&store.retention, now);
-        }
-    }
-}
-
-#[async_trait]
-impl Store for MemoryStore {
-    async fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>, StoreError> {
-        let now = now_ms();
-        let mut state = self.lock();
+    /// Appends under an already held lock and hands the new events to the
+    /// fan-out before the lock is released (which keeps them in id order).
+    pub(crate) fn append_locked(
+        &self,
+        state: &mut HashMap<Topic, Log>,
+        batch: Vec<NewEvent>,
+        now: u64,
+    ) -> Vec<Appended> {
         let mut out = Vec::with_capacity(batch.len());
         let mut fresh = Vec::with_capacity(batch.len());
         for new in batch {
@@ -174,7 +143,59 @@ impl Store for MemoryStore {
             }
         }
         self.fanout.send(&fresh);
-        Ok(out)
+        out
+    }
+
+    pub(crate) fn tasks_lock(&self) -> MutexGuard<'_, crate::task::memory::MemTasks> {
+        // Every task change completes before the guard drops.
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new store; must be created inside a tokio runtime when retention
+    /// has an age, for the task that drops old events.
+    pub fn new(retention: Retention, fanout: Arc<Fanout>) -> Arc<MemoryStore> {
+        let store = Arc::new(MemoryStore {
+            state: Mutex::new(HashMap::new()),
+            fanout,
+            retention,
+            tasks: Mutex::default(),
+        });
+        if let Some(age) = retention.max_age {
+            tokio::spawn(sweep(Arc::downgrade(&store), age));
+        }
+        store
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<Topic, Log>> {
+        // Every mutation completes before the guard drops; a poisoned lock
+        // still holds consistent logs.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Drops events older than the retention age, in the background, a few
+/// times per age window (at most once a second, at least once a minute).
+async fn sweep(store: Weak<MemoryStore>, age: Duration) {
+    let every = (age / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(store) = store.upgrade() else { return };
+        let now = now_ms();
+        store.tasks_lock().forget_finished_before(now.saturating_sub(
+            u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+        ));
+        let mut state = store.lock();
+        for log in state.values_mut() {
+            log.trim(&store.retention, now);
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>, StoreError> {
+        let mut state = self.lock();
+        Ok(self.append_locked(&mut state, batch, now_ms()))
     }
 
     async fn read(&self, topic: &Topic, from: ReadFrom, limit: usize) -> Result<Page, StoreError> {

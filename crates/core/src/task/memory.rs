@@ -1,0 +1,177 @@
+//! Tasks in the memory store: gone on restart, like its events.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::machine::{self, Decision};
+use super::store::{Op, TaskStore, Updated};
+use super::{NewTask, Status, Task, TaskError, TaskId};
+use crate::event::now_ms;
+use crate::name::{EventType, Topic};
+use crate::store::NewEvent;
+use crate::store::memory::MemoryStore;
+
+/// The task tables of a [`MemoryStore`].
+#[derive(Debug, Default)]
+pub struct MemTasks {
+    tasks: HashMap<TaskId, Task>,
+    /// Per queue, the queued tasks by enqueue order.
+    queued: HashMap<String, BTreeMap<u64, TaskId>>,
+    /// (queue, idempotency key) → task.
+    keys: HashMap<(String, String), TaskId>,
+    seq: u64,
+}
+
+impl MemTasks {
+    fn position(&self, task: &Task) -> Option<u64> {
+        (task.status == Status::Queued).then(|| {
+            let ahead = self.queued.get(&task.queue).map_or(0, |q| q.range(..task.seq).count());
+            ahead as u64 + 1
+        })
+    }
+
+    /// Replaces a task, keeping the queue index in step.
+    fn put(&mut self, task: Task) {
+        let queue = self.queued.entry(task.queue.clone()).or_default();
+        if task.status == Status::Queued {
+            queue.insert(task.seq, task.id);
+        } else {
+            queue.remove(&task.seq);
+        }
+        self.tasks.insert(task.id, task);
+    }
+
+    /// Drops finished tasks that finished before `cutoff` (retention).
+    pub fn forget_finished_before(&mut self, cutoff: u64) {
+        let old: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|t| t.finished_ms.is_some_and(|f| f < cutoff))
+            .map(|t| t.id)
+            .collect();
+        for id in old {
+            if let Some(t) = self.tasks.remove(&id)
+                && let Some(k) = t.idempotency_key
+            {
+                self.keys.remove(&(t.queue, k));
+            }
+        }
+    }
+}
+
+impl MemoryStore {
+    /// Saves a decision and appends its event under both locks, so the two
+    /// are seen together.
+    fn apply(&self, tasks: &mut MemTasks, decision: &Decision) {
+        let Some(task) = decision.task.clone() else { return };
+        let emit = decision.emit.clone();
+        let id = task.id;
+        tasks.put(task);
+        if let Some(emit) = emit {
+            let event = NewEvent {
+                topic: id.topic(),
+                kind: EventType::new(emit.kind).unwrap_or_else(|_| EventType::message()),
+                data: emit.data,
+                idempotency_key: None,
+            };
+            let mut state = self.lock();
+            self.append_locked(&mut state, vec![event], now_ms());
+        }
+    }
+}
+
+#[async_trait]
+impl TaskStore for MemoryStore {
+    async fn enqueue(&self, new: NewTask) -> Result<(Task, bool), TaskError> {
+        let mut tasks = self.tasks_lock();
+        let key = new
+            .idempotency_key
+            .clone()
+            .map(|k| (new.queue.as_str().to_owned(), k));
+        if let Some(task) = key.as_ref().and_then(|k| tasks.keys.get(k)).and_then(|id| tasks.tasks.get(id)) {
+            return Ok((task.clone(), true));
+        }
+        tasks.seq += 1;
+        let task = machine::enqueue(new, tasks.seq, now_ms());
+        if let Some(k) = key {
+            tasks.keys.insert(k, task.id);
+        }
+        tasks.put(task.clone());
+        Ok((task, false))
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Option<(Task, Option<u64>)>, TaskError> {
+        let tasks = self.tasks_lock();
+        Ok(tasks.tasks.get(&id).map(|t| (t.clone(), tasks.position(t))))
+    }
+
+    async fn claim(&self, queue: &Topic, lease_secs: f64) -> Result<Option<Task>, TaskError> {
+        let mut tasks = self.tasks_lock();
+        let next = tasks
+            .queued
+            .get(queue.as_str())
+            .and_then(|q| q.values().next().copied());
+        let Some(task) = next.and_then(|id| tasks.tasks.get(&id)).cloned() else {
+            return Ok(None);
+        };
+        let running = machine::claim(&task, now_ms(), lease_secs);
+        tasks.put(running.clone());
+        Ok(Some(running))
+    }
+
+    async fn update(&self, id: TaskId, op: Op) -> Result<Updated, TaskError> {
+        let mut tasks = self.tasks_lock();
+        let task = tasks.tasks.get(&id).cloned().ok_or(TaskError::NotFound)?;
+        let (decision, cancel) = op.decide(&task, now_ms());
+        self.apply(&mut tasks, &decision);
+        Ok(Updated::from_decision(task, decision, cancel))
+    }
+
+    async fn expire(&self) -> Result<Vec<Task>, TaskError> {
+        let mut tasks = self.tasks_lock();
+        let now = now_ms();
+        let decisions: Vec<Decision> = tasks.tasks.values().filter_map(|t| machine::expire(t, now)).collect();
+        let mut out = Vec::with_capacity(decisions.len());
+        for d in decisions {
+            self.apply(&mut tasks, &d);
+            out.extend(d.task);
+        }
+        Ok(out)
+    }
+
+    async fn next_expiry(&self) -> Result<Option<u64>, TaskError> {
+        let tasks = self.tasks_lock();
+        Ok(tasks
+            .tasks
+            .values()
+            .filter(|t| t.status == Status::Running)
+            .filter_map(|t| t.lease.as_ref().map(|l| l.expires_ms))
+            .min())
+    }
+
+    async fn counts(&self) -> Result<Vec<(String, Status, u64)>, TaskError> {
+        let tasks = self.tasks_lock();
+        let mut counts: HashMap<(String, Status), u64> = HashMap::new();
+        for t in tasks.tasks.values() {
+            *counts.entry((t.queue.clone(), t.status)).or_default() += 1;
+        }
+        Ok(counts.into_iter().map(|((q, s), n)| (q, s, n)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::Fanout;
+    use crate::store::Retention;
+
+    #[tokio::test]
+    async fn keeps_the_task_contract() {
+        crate::task::contract::run(|| async {
+            MemoryStore::new(Retention::default(), Fanout::new(64)) as Arc<dyn crate::task::contract::Both>
+        })
+        .await;
+    }
+}

@@ -1,0 +1,111 @@
+//! The storage trait for tasks.
+
+use async_trait::async_trait;
+
+use super::machine::{self, Cancel, Decision};
+use super::{NewTask, Payload, Status, Task, TaskError, TaskId};
+use crate::name::Topic;
+
+/// A change a client or worker asks for.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Progress {
+        token: Option<String>,
+        progress: Option<f64>,
+        message: Option<String>,
+    },
+    Complete {
+        token: Option<String>,
+        result: Payload,
+    },
+    Fail {
+        token: Option<String>,
+        error: String,
+        retry: bool,
+    },
+    Cancel,
+}
+
+impl Op {
+    /// What the state machine decides for `task` at `now`.
+    pub fn decide(&self, task: &Task, now: u64) -> (Decision, Option<Cancel>) {
+        match self {
+            Op::Progress {
+                token,
+                progress,
+                message,
+            } => (
+                machine::progress(task, token.as_deref(), *progress, message.clone(), now),
+                None,
+            ),
+            Op::Complete { token, result } => (
+                machine::complete(task, token.as_deref(), result.clone(), now),
+                None,
+            ),
+            Op::Fail {
+                token,
+                error,
+                retry,
+            } => (
+                machine::fail(task, token.as_deref(), error.clone(), *retry, now),
+                None,
+            ),
+            Op::Cancel => machine::cancel(task, now),
+        }
+    }
+}
+
+/// The outcome of [`TaskStore::update`].
+#[derive(Debug, Clone)]
+pub struct Updated {
+    /// The status before the change.
+    pub before: Status,
+    /// The task after it (unchanged if nothing changed).
+    pub task: Task,
+    pub cancel: Option<Cancel>,
+    /// Why the change was refused, if it was.
+    pub refused: Option<TaskError>,
+}
+
+impl Updated {
+    /// Builds the outcome from the task before and the machine's decision.
+    pub fn from_decision(before: Task, decision: Decision, cancel: Option<Cancel>) -> Updated {
+        Updated {
+            before: before.status,
+            refused: decision.answer.err(),
+            task: decision.task.unwrap_or(before),
+            cancel,
+        }
+    }
+}
+
+/// Where tasks are kept. Every change is saved together with the event it
+/// emits on the task's topic, in one atomic step, so a waiter that sees the
+/// task finished also finds its `done` or `error` event, and vice versa.
+#[async_trait]
+pub trait TaskStore: Send + Sync + 'static {
+    /// Stores a new task, or returns the one enqueued before with the same
+    /// idempotency key in this queue (`true`: replayed).
+    async fn enqueue(&self, new: NewTask) -> Result<(Task, bool), TaskError>;
+
+    /// A task and, while it is queued, its position (1 = next).
+    async fn get(&self, id: TaskId) -> Result<Option<(Task, Option<u64>)>, TaskError>;
+
+    /// Hands the oldest queued task of `queue` to a worker, if any.
+    async fn claim(&self, queue: &Topic, lease_secs: f64) -> Result<Option<Task>, TaskError>;
+
+    /// Applies a change through the state machine. `Err` only for an unknown
+    /// task or a store failure; a refusal is in [`Updated::refused`], since
+    /// it may still have changed the task (a running task that was asked to
+    /// cancel ends cancelled when its worker is refused).
+    async fn update(&self, id: TaskId, op: Op) -> Result<Updated, TaskError>;
+
+    /// Settles every running task whose lease has run out; returns them.
+    async fn expire(&self) -> Result<Vec<Task>, TaskError>;
+
+    /// When the next lease runs out, if any task is running.
+    async fn next_expiry(&self) -> Result<Option<u64>, TaskError>;
+
+    /// How many tasks each queue holds in each status.
+    async fn counts(&self) -> Result<Vec<(String, Status, u64)>, TaskError>;
+}
