@@ -10,6 +10,8 @@ use herald_core::heartbeat::Heartbeat;
 use herald_core::store::Store;
 use herald_core::store::memory::MemoryStore;
 use herald_core::store::sqlite::{SqliteConfig, SqliteStore};
+use herald_core::task::TaskStore;
+use herald_core::task::engine::Tasks;
 use herald_server::{AppState, describe_metrics};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -83,21 +85,32 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let metrics = install_metrics()?;
     let shutdown = CancellationToken::new();
     let fanout = Fanout::new(config.subscriber_buffer);
-    let store: Arc<dyn Store> = match &config.store {
-        StoreChoice::Memory => MemoryStore::new(config.retention, fanout),
+    let (store, task_store): (Arc<dyn Store>, Arc<dyn TaskStore>) = match &config.store {
+        StoreChoice::Memory => {
+            let memory = MemoryStore::new(config.retention, fanout);
+            (memory.clone(), memory)
+        }
         StoreChoice::File { dir, max_bytes } => {
             let sqlite = SqliteConfig {
                 dir: dir.clone(),
                 retention: config.retention,
                 max_bytes: *max_bytes,
             };
-            SqliteStore::open(sqlite, fanout).context("opening the embedded store")?
+            let sqlite = SqliteStore::open(sqlite, fanout).context("opening the embedded store")?;
+            (sqlite.clone(), sqlite)
         }
     };
     tracing::info!(store = %store.describe(), "store ready");
     let heartbeat = Heartbeat::start(config.hub.keepalive, shutdown.clone());
-    let hub = Hub::new(store, config.hub.clone(), heartbeat);
-    let state = AppState::new(hub, config.server.clone(), Some(metrics));
+    let hub = Hub::new(
+        Arc::clone(&store) as Arc<dyn Store>,
+        config.hub.clone(),
+        heartbeat,
+    );
+    let tasks = Tasks::start(task_store, hub)
+        .await
+        .context("reading the task queue")?;
+    let state = AppState::new(tasks, config.server.clone(), Some(metrics));
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

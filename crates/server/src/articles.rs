@@ -1,17 +1,19 @@
 //! The routes of the seed articles, served exactly as their clients expect:
-//! the notification server (`POST`/`GET /api/notifications`) and the
-//! counter demo (`GET /sse`).
+//! the notification server (`POST`/`GET /api/notifications`), the counter
+//! demo (`GET /sse`) and the task queue (`POST`/`GET /api/queue`).
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream;
 use herald_core::store::NewEvent;
+use herald_core::task::engine::Waited;
+use herald_core::task::{NewTask, TaskError};
 use herald_core::{CursorInput, EventType, Topic};
 use serde::Deserialize;
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
@@ -22,6 +24,8 @@ use crate::error::ApiError;
 use crate::query::Query;
 use crate::state::AppState;
 use crate::subscribe::cursor;
+use crate::task_stream::WaitData;
+use crate::tasks::task_response;
 use crate::transport::sse::{self, SseEncoder};
 
 /// The topic behind `/api/notifications`; also readable by every transport
@@ -116,4 +120,75 @@ pub async fn counter(State(state): State<AppState>) -> Response {
         Body::from_stream(futures_util::StreamExt::chain(first, counting)).into_response();
     sse::headers(&mut response);
     response
+}
+
+/// The queue behind `/api/queue`.
+pub const ARTICLE_QUEUE: &str = "default";
+
+/// `POST /api/queue` (body = payload) → `{"id"}`.
+pub async fn enqueue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let queue = Topic::new(ARTICLE_QUEUE).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let new = NewTask {
+        queue,
+        payload: crate::tasks::payload(&state, &headers, body).await?,
+        max_attempts: 3,
+        idempotency_key: crate::publish::idempotency_key(&headers)?,
+    };
+    let (task, _, _) = state.tasks().enqueue(new).await?;
+    Ok(axum::Json(serde_json::json!({ "id": task.id.to_string() })).into_response())
+}
+
+/// `GET /api/queue?id=ID` — short poll (`204` pending, `200` finished),
+/// `&ttl=MS` — long poll (`408` after `ttl`), or SSE with
+/// `Accept: text/event-stream`. A missing, malformed or unknown id is `400`.
+pub async fn poll(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(uri.query());
+    let raw = query
+        .get("id")
+        .ok_or_else(|| ApiError::bad_query("id", "name the task: ?id=ID"))?;
+    let id = crate::tasks::task_id(raw)?;
+    let unknown = || ApiError::BadTaskId(raw.to_owned());
+    let wants_sse = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if wants_sse {
+        let cursor = cursor(&headers, &query, CursorInput::All);
+        return match crate::task_stream::open(&state, id, &cursor).await {
+            Ok(Some(feed)) => Ok(crate::task_stream::sse_response(
+                &state,
+                feed,
+                WaitData::Bare,
+            )),
+            Ok(None) => Ok(StatusCode::NO_CONTENT.into_response()),
+            Err(ApiError::NotFound) => Err(unknown()),
+            Err(e) => Err(e),
+        };
+    }
+    if query.get("ttl").is_some() {
+        let max = u64::try_from(state.config().long_poll_max.as_millis()).unwrap_or(u64::MAX);
+        let ttl = query.integer("ttl", 0, 0, u64::MAX)?.min(max);
+        return match state.tasks().wait(id, Duration::from_millis(ttl)).await {
+            Ok(Waited::Finished(task)) => Ok(task_response(StatusCode::OK, &task, None)),
+            Ok(Waited::TimedOut(task, position)) => {
+                Ok(task_response(StatusCode::REQUEST_TIMEOUT, &task, position))
+            }
+            Err(TaskError::NotFound) => Err(unknown()),
+            Err(e) => Err(e.into()),
+        };
+    }
+    let (task, _) = state.tasks().get(id).await?.ok_or_else(unknown)?;
+    if task.status.is_finished() {
+        Ok(task_response(StatusCode::OK, &task, None))
+    } else {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
 }

@@ -24,6 +24,10 @@ pub enum ApiError {
     BadBatch { line: usize, reason: String },
     #[error("not found")]
     NotFound,
+    #[error("{0:?} is not a task id")]
+    BadTaskId(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{0}")]
@@ -39,7 +43,9 @@ impl ApiError {
             | ApiError::BadEventType { .. }
             | ApiError::BadQuery { .. }
             | ApiError::BadRequest(_)
-            | ApiError::BadBatch { .. } => StatusCode::BAD_REQUEST,
+            | ApiError::BadBatch { .. }
+            | ApiError::BadTaskId(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotUtf8 => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -60,6 +66,8 @@ impl ApiError {
             ApiError::TooLarge { .. } => "too_large",
             ApiError::BadBatch { .. } => "bad_batch",
             ApiError::NotFound => "not_found",
+            ApiError::BadTaskId(_) => "bad_task_id",
+            ApiError::Conflict(_) => "conflict",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -79,6 +87,17 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Unavailable(m) => ApiError::Unavailable(m),
             StoreError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<herald_core::task::TaskError> for ApiError {
+    fn from(e: herald_core::task::TaskError) -> Self {
+        use herald_core::task::TaskError;
+        match e {
+            TaskError::NotFound => ApiError::NotFound,
+            TaskError::Conflict(why) => ApiError::Conflict(why),
+            TaskError::Store(e) => e.into(),
         }
     }
 }

@@ -17,6 +17,8 @@ mod publish;
 pub mod query;
 pub mod state;
 mod subscribe;
+mod task_stream;
+mod tasks;
 pub mod transport;
 
 pub use error::ApiError;
@@ -40,6 +42,14 @@ pub fn app(state: AppState) -> Router {
             get(articles::follow).post(articles::notify),
         )
         .route("/sse", get(articles::counter))
+        .route("/api/queue", get(articles::poll).post(articles::enqueue))
+        .route("/queues/{queue}/tasks", post(tasks::enqueue))
+        .route("/queues/{queue}/claim", post(tasks::claim))
+        .route("/tasks/{id}", get(tasks::get).delete(tasks::cancel))
+        .route("/tasks/{id}/events", get(task_stream::events))
+        .route("/tasks/{id}/progress", post(tasks::progress))
+        .route("/tasks/{id}/complete", post(tasks::complete))
+        .route("/tasks/{id}/fail", post(tasks::fail))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
@@ -54,7 +64,7 @@ pub async fn serve(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let token = state.shutdown().clone();
-    let tasks = state.tasks().clone();
+    let sockets = state.sockets().clone();
     let signal = {
         let token = token.clone();
         async move {
@@ -68,8 +78,8 @@ pub async fn serve(
     axum::serve(listener, app(state))
         .with_graceful_shutdown(signal)
         .await?;
-    tasks.close();
-    if tokio::time::timeout(SOCKET_GRACE, tasks.wait())
+    sockets.close();
+    if tokio::time::timeout(SOCKET_GRACE, sockets.wait())
         .await
         .is_err()
     {

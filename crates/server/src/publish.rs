@@ -47,7 +47,7 @@ pub fn path_topic(path: Result<Path<String>, PathRejection>) -> Result<Topic, Ap
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };

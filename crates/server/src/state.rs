@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_core::Hub;
+use herald_core::task::engine::Tasks;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,33 +44,40 @@ pub struct AppState {
 #[derive(Debug)]
 struct Inner {
     hub: Hub,
+    tasks: Tasks,
     config: ServerConfig,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
-    tasks: TaskTracker,
+    sockets: TaskTracker,
     /// The `retry:` line and comment every SSE stream opens with, encoded once.
     sse_preamble: Bytes,
 }
 
 impl AppState {
-    /// `shutdown` must be the token the hub's heartbeat watches.
-    pub fn new(hub: Hub, config: ServerConfig, metrics: Option<PrometheusHandle>) -> AppState {
+    /// The shutdown token is the one the hub's heartbeat watches.
+    pub fn new(tasks: Tasks, config: ServerConfig, metrics: Option<PrometheusHandle>) -> AppState {
         let retry_ms = u64::try_from(config.retry.as_millis()).unwrap_or(u64::MAX);
+        let hub = tasks.hub().clone();
         let shutdown = hub.heartbeat().shutdown().clone();
         AppState {
             inner: Arc::new(Inner {
                 sse_preamble: herald_protocol::sse::preamble(retry_ms, "herald"),
                 hub,
+                tasks,
                 config,
                 metrics,
                 shutdown,
-                tasks: TaskTracker::new(),
+                sockets: TaskTracker::new(),
             }),
         }
     }
 
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    pub fn tasks(&self) -> &Tasks {
+        &self.inner.tasks
     }
 
     pub fn config(&self) -> &ServerConfig {
@@ -85,8 +93,8 @@ impl AppState {
     }
 
     /// Tracks WebSocket tasks, which the HTTP server does not wait for.
-    pub fn tasks(&self) -> &TaskTracker {
-        &self.inner.tasks
+    pub fn sockets(&self) -> &TaskTracker {
+        &self.inner.sockets
     }
 
     pub fn sse_preamble(&self) -> Bytes {

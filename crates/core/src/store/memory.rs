@@ -181,9 +181,9 @@ async fn sweep(store: Weak<MemoryStore>, age: Duration) {
         tokio::time::sleep(every).await;
         let Some(store) = store.upgrade() else { return };
         let now = now_ms();
-        store.tasks_lock().forget_finished_before(now.saturating_sub(
-            u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
-        ));
+        store.tasks_lock().forget_finished_before(
+            now.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+        );
         let mut state = store.lock();
         for log in state.values_mut() {
             log.trim(&store.retention, now);

@@ -35,8 +35,13 @@ fn token(t: &Task) -> Option<String> {
 
 async fn kinds(store: &dyn Both, task: &Task) -> Vec<String> {
     let page = store.read(&task.id.topic(), ReadFrom::Oldest, 100).await;
-    page.map(|p| p.events.iter().map(|e| e.kind.as_str().to_owned()).collect())
-        .unwrap_or_default()
+    page.map(|p| {
+        p.events
+            .iter()
+            .map(|e| e.kind.as_str().to_owned())
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// Runs every case on stores made by `make` (each call a fresh, empty store).
@@ -52,21 +57,55 @@ where
 }
 
 async fn fifo_positions_and_idempotency(store: &dyn Both) {
-    let (a, _) = store.enqueue(new("q", "a", Some("k"))).await.unwrap_or_else(|e| panic!("{e}"));
-    let (b, _) = store.enqueue(new("q", "b", None)).await.unwrap_or_else(|e| panic!("{e}"));
-    let (again, replayed) = store.enqueue(new("q", "other", Some("k"))).await.unwrap_or_else(|e| panic!("{e}"));
+    let (a, _) = store
+        .enqueue(new("q", "a", Some("k")))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (b, _) = store
+        .enqueue(new("q", "b", None))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (again, replayed) = store
+        .enqueue(new("q", "other", Some("k")))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(replayed);
     assert_eq!(again.id, a.id);
-    let (_, pos_a) = store.get(a.id).await.ok().flatten().unwrap_or_else(|| panic!("a"));
-    let (_, pos_b) = store.get(b.id).await.ok().flatten().unwrap_or_else(|| panic!("b"));
+    let (_, pos_a) = store
+        .get(a.id)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("a"));
+    let (_, pos_b) = store
+        .get(b.id)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("b"));
     assert_eq!((pos_a, pos_b), (Some(1), Some(2)));
     let q = Topic::new("q").unwrap_or_else(|e| panic!("{e}"));
-    let first = store.claim(&q, 30.0).await.ok().flatten().unwrap_or_else(|| panic!("claim"));
+    let first = store
+        .claim(&q, 30.0)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("claim"));
     assert_eq!(first.id, a.id, "first in, first out");
     assert_eq!(first.status, Status::Running);
-    let (_, pos_b) = store.get(b.id).await.ok().flatten().unwrap_or_else(|| panic!("b"));
+    let (_, pos_b) = store
+        .get(b.id)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("b"));
     assert_eq!(pos_b, Some(1));
-    let second = store.claim(&q, 30.0).await.ok().flatten().unwrap_or_else(|| panic!("claim"));
+    let second = store
+        .claim(&q, 30.0)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("claim"));
     assert_eq!(second.id, b.id);
     assert!(store.claim(&q, 30.0).await.ok().flatten().is_none());
     let other = Topic::new("other").unwrap_or_else(|e| panic!("{e}"));
@@ -74,41 +113,82 @@ async fn fifo_positions_and_idempotency(store: &dyn Both) {
 }
 
 async fn lifecycle_emits_events(store: &dyn Both) {
-    let (task, _) = store.enqueue(new("life", "p", None)).await.unwrap_or_else(|e| panic!("{e}"));
+    let (task, _) = store
+        .enqueue(new("life", "p", None))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let q = Topic::new("life").unwrap_or_else(|e| panic!("{e}"));
-    let running = store.claim(&q, 30.0).await.ok().flatten().unwrap_or_else(|| panic!("claim"));
+    let running = store
+        .claim(&q, 30.0)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("claim"));
     let progress = Op::Progress {
         token: token(&running),
         progress: Some(0.5),
         message: Some("half".into()),
     };
-    let (after, _) = update(store, task.id, progress).await.unwrap_or_else(|e| panic!("{e}"));
+    let (after, _) = update(store, task.id, progress)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(after.progress, Some(0.5));
     let complete = Op::Complete {
         token: token(&running),
         result: Payload::Json("{\"ok\":true}".into()),
     };
-    let (done, _) = update(store, task.id, complete.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+    let (done, _) = update(store, task.id, complete.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(done.status, Status::Succeeded);
     assert_eq!(kinds(store, &task).await, ["progress", "done"]);
-    let (repeat, _) = update(store, task.id, complete).await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(repeat.status, Status::Succeeded, "complete is idempotent for the holder");
-    assert_eq!(kinds(store, &task).await, ["progress", "done"], "and emits nothing twice");
+    let (repeat, _) = update(store, task.id, complete)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        repeat.status,
+        Status::Succeeded,
+        "complete is idempotent for the holder"
+    );
+    assert_eq!(
+        kinds(store, &task).await,
+        ["progress", "done"],
+        "and emits nothing twice"
+    );
     let stranger = Op::Complete {
         token: Some("someone-else".into()),
         result: Payload::Text("x".into()),
     };
-    assert!(matches!(update(store, task.id, stranger).await, Err(TaskError::Conflict(_))));
+    assert!(matches!(
+        update(store, task.id, stranger).await,
+        Err(TaskError::Conflict(_))
+    ));
     let missing = TaskId::new();
-    assert!(matches!(update(store, missing, Op::Cancel).await, Err(TaskError::NotFound)));
+    assert!(matches!(
+        update(store, missing, Op::Cancel).await,
+        Err(TaskError::NotFound)
+    ));
     assert!(store.get(missing).await.ok().flatten().is_none());
 }
 
 async fn leases_expire_and_retries_run_out(store: &dyn Both) {
-    let (task, _) = store.enqueue(new("lease", "p", None)).await.unwrap_or_else(|e| panic!("{e}"));
+    let (task, _) = store
+        .enqueue(new("lease", "p", None))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let q = Topic::new("lease").unwrap_or_else(|e| panic!("{e}"));
-    let first = store.claim(&q, 0.05).await.ok().flatten().unwrap_or_else(|| panic!("claim"));
-    let deadline = store.next_expiry().await.ok().flatten().unwrap_or_else(|| panic!("expiry"));
+    let first = store
+        .claim(&q, 0.05)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("claim"));
+    let deadline = store
+        .next_expiry()
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("expiry"));
     assert_eq!(Some(deadline), first.lease.as_ref().map(|l| l.expires_ms));
     // The lease is a deadline on the wall clock: let it pass.
     while now_ms() <= deadline {
@@ -121,40 +201,85 @@ async fn leases_expire_and_retries_run_out(store: &dyn Both) {
         token: token(&first),
         result: Payload::Text("late".into()),
     };
-    assert!(matches!(update(store, task.id, late).await, Err(TaskError::Conflict(_))), "lost lease");
-    let second = store.claim(&q, 30.0).await.ok().flatten().unwrap_or_else(|| panic!("claim"));
+    assert!(
+        matches!(
+            update(store, task.id, late).await,
+            Err(TaskError::Conflict(_))
+        ),
+        "lost lease"
+    );
+    let second = store
+        .claim(&q, 30.0)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("claim"));
     assert_eq!((second.id, second.attempts), (task.id, 2));
     let fail = Op::Fail {
         token: token(&second),
         error: "boom".into(),
         retry: true,
     };
-    let (failed, _) = update(store, task.id, fail).await.unwrap_or_else(|e| panic!("{e}"));
+    let (failed, _) = update(store, task.id, fail)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(failed.status, Status::Failed, "no attempts left");
     assert_eq!(kinds(store, &task).await, ["error"]);
     assert!(store.next_expiry().await.ok().flatten().is_none());
 }
 
 async fn cancellation(store: &dyn Both) {
-    let (queued, _) = store.enqueue(new("c", "1", None)).await.unwrap_or_else(|e| panic!("{e}"));
-    let (t, how) = update(store, queued.id, Op::Cancel).await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!((t.status, how), (Status::Cancelled, Some(Cancel::Cancelled)));
-    assert!(matches!(update(store, queued.id, Op::Cancel).await, Err(TaskError::Conflict(_))));
-    let (running, _) = store.enqueue(new("c", "2", None)).await.unwrap_or_else(|e| panic!("{e}"));
+    let (queued, _) = store
+        .enqueue(new("c", "1", None))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (t, how) = update(store, queued.id, Op::Cancel)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (t.status, how),
+        (Status::Cancelled, Some(Cancel::Cancelled))
+    );
+    assert!(matches!(
+        update(store, queued.id, Op::Cancel).await,
+        Err(TaskError::Conflict(_))
+    ));
+    let (running, _) = store
+        .enqueue(new("c", "2", None))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let q = Topic::new("c").unwrap_or_else(|e| panic!("{e}"));
-    let claimed = store.claim(&q, 30.0).await.ok().flatten().unwrap_or_else(|| panic!("claim"));
+    let claimed = store
+        .claim(&q, 30.0)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("claim"));
     assert_eq!(claimed.id, running.id, "a cancelled task is never claimed");
-    let (t, how) = update(store, running.id, Op::Cancel).await.unwrap_or_else(|e| panic!("{e}"));
+    let (t, how) = update(store, running.id, Op::Cancel)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((t.status, how), (Status::Running, Some(Cancel::Requested)));
     let report = Op::Progress {
         token: token(&claimed),
         progress: None,
         message: None,
     };
-    assert!(matches!(update(store, running.id, report).await, Err(TaskError::Conflict(_))));
-    let (t, _) = store.get(running.id).await.ok().flatten().unwrap_or_else(|| panic!("get"));
+    assert!(matches!(
+        update(store, running.id, report).await,
+        Err(TaskError::Conflict(_))
+    ));
+    let (t, _) = store
+        .get(running.id)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("get"));
     assert_eq!(t.status, Status::Cancelled);
     assert_eq!(kinds(store, &t).await, ["error"]);
     let counts = store.counts().await.unwrap_or_else(|e| panic!("{e}"));
-    assert!(counts.contains(&("c".into(), Status::Cancelled, 2)), "{counts:?}");
+    assert!(
+        counts.contains(&("c".into(), Status::Cancelled, 2)),
+        "{counts:?}"
+    );
 }

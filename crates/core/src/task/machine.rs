@@ -94,7 +94,11 @@ fn finish(mut t: Task, status: Status, now: u64) -> (Task, Emit) {
     t.status = status;
     t.updated_ms = now;
     t.finished_ms = Some(now);
-    let kind = if status == Status::Succeeded { "done" } else { "error" };
+    let kind = if status == Status::Succeeded {
+        "done"
+    } else {
+        "error"
+    };
     let data = t.to_json(None).to_string();
     (t, Emit { kind, data })
 }
@@ -102,11 +106,20 @@ fn finish(mut t: Task, status: Status, now: u64) -> (Task, Emit) {
 /// Checks that the caller may act on a running task: a live lease, and its
 /// token if it sent one. A cancel request ends the task here.
 fn holder(task: &Task, token: Option<&str>, now: u64) -> Result<(), Decision> {
-    let Some(lease) = task.lease.as_ref().filter(|_| task.status == Status::Running) else {
-        return Err(Decision::refuse(format!("the task is {}, not running", task.status.as_str())));
+    let Some(lease) = task
+        .lease
+        .as_ref()
+        .filter(|_| task.status == Status::Running)
+    else {
+        return Err(Decision::refuse(format!(
+            "the task is {}, not running",
+            task.status.as_str()
+        )));
     };
     if token.is_some_and(|t| t != lease.token) {
-        return Err(Decision::refuse("the lease was lost: another worker holds the task"));
+        return Err(Decision::refuse(
+            "the lease was lost: another worker holds the task",
+        ));
     }
     if lease.expires_ms <= now {
         return Err(Decision::refuse("the lease ran out"));
@@ -128,7 +141,13 @@ fn was_holder(task: &Task, token: Option<&str>) -> bool {
 }
 
 /// A progress report: records it, extends the lease, emits `progress`.
-pub fn progress(task: &Task, token: Option<&str>, progress: Option<f64>, message: Option<String>, now: u64) -> Decision {
+pub fn progress(
+    task: &Task,
+    token: Option<&str>,
+    progress: Option<f64>,
+    message: Option<String>,
+    now: u64,
+) -> Decision {
     if let Err(d) = holder(task, token, now) {
         return d;
     }
@@ -140,7 +159,13 @@ pub fn progress(task: &Task, token: Option<&str>, progress: Option<f64>, message
         lease.expires_ms = now + lease_ms(lease.secs);
     }
     let data = serde_json::json!({ "progress": t.progress, "message": t.message }).to_string();
-    Decision::save(t, Some(Emit { kind: "progress", data }))
+    Decision::save(
+        t,
+        Some(Emit {
+            kind: "progress",
+            data,
+        }),
+    )
 }
 
 /// Success, with the worker's result. Repeating it with the same lease
@@ -262,22 +287,42 @@ mod tests {
         let tok = token(&running);
         let d = progress(&running, Some(&tok), Some(0.5), Some("half".into()), 5000);
         let running = d.task.unwrap();
-        assert_eq!(running.lease.as_ref().unwrap().expires_ms, 15_000, "progress extends the lease");
+        assert_eq!(
+            running.lease.as_ref().unwrap().expires_ms,
+            15_000,
+            "progress extends the lease"
+        );
         assert_eq!(d.emit.unwrap().kind, "progress");
         let d = complete(&running, Some(&tok), Payload::Text("r".into()), 6000);
         let done = d.task.unwrap();
         assert_eq!(done.status, Status::Succeeded);
         assert_eq!(d.emit.unwrap().kind, "done");
         let again = complete(&done, Some(&tok), Payload::Text("r".into()), 7000);
-        assert!(again.answer.is_ok() && again.task.is_none(), "idempotent for the holder");
-        assert!(complete(&done, Some("other"), Payload::Text("r".into()), 7000).answer.is_err());
+        assert!(
+            again.answer.is_ok() && again.task.is_none(),
+            "idempotent for the holder"
+        );
+        assert!(
+            complete(&done, Some("other"), Payload::Text("r".into()), 7000)
+                .answer
+                .is_err()
+        );
     }
 
     #[test]
     fn a_lost_lease_is_refused() {
         let running = claim(&task(), 1000, 1.0);
-        assert!(progress(&running, Some("not-mine"), None, None, 1500).answer.is_err());
-        assert!(complete(&running, None, Payload::Text("r".into()), 2500).answer.is_err(), "ran out");
+        assert!(
+            progress(&running, Some("not-mine"), None, None, 1500)
+                .answer
+                .is_err()
+        );
+        assert!(
+            complete(&running, None, Payload::Text("r".into()), 2500)
+                .answer
+                .is_err(),
+            "ran out"
+        );
     }
 
     #[test]
@@ -296,12 +341,21 @@ mod tests {
     fn fail_with_retry_then_without() {
         let running = claim(&task(), 1000, 10.0);
         let tok = token(&running);
-        let queued = fail(&running, Some(&tok), "boom".into(), true, 2000).task.unwrap();
+        let queued = fail(&running, Some(&tok), "boom".into(), true, 2000)
+            .task
+            .unwrap();
         assert_eq!(queued.status, Status::Queued);
-        assert!(fail(&queued, Some(&tok), "boom".into(), true, 2100).answer.is_ok(), "repeat");
+        assert!(
+            fail(&queued, Some(&tok), "boom".into(), true, 2100)
+                .answer
+                .is_ok(),
+            "repeat"
+        );
         let running = claim(&queued, 3000, 10.0);
         let tok = token(&running);
-        let failed = fail(&running, Some(&tok), "boom".into(), true, 4000).task.unwrap();
+        let failed = fail(&running, Some(&tok), "boom".into(), true, 4000)
+            .task
+            .unwrap();
         assert_eq!(failed.status, Status::Failed, "no attempts left");
     }
 
@@ -319,6 +373,10 @@ mod tests {
         let tok = token(&asked);
         let d = progress(&asked, Some(&tok), None, None, 1200);
         assert!(d.answer.is_err(), "the worker hears 409");
-        assert_eq!(d.task.unwrap().status, Status::Cancelled, "and the task ends cancelled");
+        assert_eq!(
+            d.task.unwrap().status,
+            Status::Cancelled,
+            "and the task ends cancelled"
+        );
     }
 }

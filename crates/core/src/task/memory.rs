@@ -1,7 +1,6 @@
 //! Tasks in the memory store: gone on restart, like its events.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -27,7 +26,10 @@ pub struct MemTasks {
 impl MemTasks {
     fn position(&self, task: &Task) -> Option<u64> {
         (task.status == Status::Queued).then(|| {
-            let ahead = self.queued.get(&task.queue).map_or(0, |q| q.range(..task.seq).count());
+            let ahead = self
+                .queued
+                .get(&task.queue)
+                .map_or(0, |q| q.range(..task.seq).count());
             ahead as u64 + 1
         })
     }
@@ -65,7 +67,9 @@ impl MemoryStore {
     /// Saves a decision and appends its event under both locks, so the two
     /// are seen together.
     fn apply(&self, tasks: &mut MemTasks, decision: &Decision) {
-        let Some(task) = decision.task.clone() else { return };
+        let Some(task) = decision.task.clone() else {
+            return;
+        };
         let emit = decision.emit.clone();
         let id = task.id;
         tasks.put(task);
@@ -90,7 +94,11 @@ impl TaskStore for MemoryStore {
             .idempotency_key
             .clone()
             .map(|k| (new.queue.as_str().to_owned(), k));
-        if let Some(task) = key.as_ref().and_then(|k| tasks.keys.get(k)).and_then(|id| tasks.tasks.get(id)) {
+        if let Some(task) = key
+            .as_ref()
+            .and_then(|k| tasks.keys.get(k))
+            .and_then(|id| tasks.tasks.get(id))
+        {
             return Ok((task.clone(), true));
         }
         tasks.seq += 1;
@@ -132,7 +140,11 @@ impl TaskStore for MemoryStore {
     async fn expire(&self) -> Result<Vec<Task>, TaskError> {
         let mut tasks = self.tasks_lock();
         let now = now_ms();
-        let decisions: Vec<Decision> = tasks.tasks.values().filter_map(|t| machine::expire(t, now)).collect();
+        let decisions: Vec<Decision> = tasks
+            .tasks
+            .values()
+            .filter_map(|t| machine::expire(t, now))
+            .collect();
         let mut out = Vec::with_capacity(decisions.len());
         for d in decisions {
             self.apply(&mut tasks, &d);
@@ -163,6 +175,8 @@ impl TaskStore for MemoryStore {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::fanout::Fanout;
     use crate::store::Retention;
@@ -170,7 +184,8 @@ mod tests {
     #[tokio::test]
     async fn keeps_the_task_contract() {
         crate::task::contract::run(|| async {
-            MemoryStore::new(Retention::default(), Fanout::new(64)) as Arc<dyn crate::task::contract::Both>
+            MemoryStore::new(Retention::default(), Fanout::new(64))
+                as Arc<dyn crate::task::contract::Both>
         })
         .await;
     }

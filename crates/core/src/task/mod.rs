@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 use crate::name::Topic;
 
+pub mod engine;
+pub mod feed;
 pub mod machine;
 pub mod memory;
 mod store;

@@ -25,7 +25,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Upgrades the connection and streams `sub` over it.
 pub fn respond(state: &AppState, upgrade: WebSocketUpgrade, sub: Subscription) -> Response {
-    let tasks = state.tasks().clone();
+    let sockets = state.sockets().clone();
     upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
@@ -35,7 +35,7 @@ pub fn respond(state: &AppState, upgrade: WebSocketUpgrade, sub: Subscription) -
         .on_upgrade(move |socket| {
             // The token keeps graceful shutdown waiting until this socket
             // has said goodbye.
-            let token = tasks.token();
+            let token = sockets.token();
             async move {
                 run(socket, sub).await;
                 drop(token);

@@ -22,6 +22,7 @@ use crate::name::Topic;
 
 mod read;
 mod schema;
+mod tasks;
 mod writer;
 
 use read::Readers;
@@ -276,5 +277,34 @@ mod seam_tests {
         drop(hub);
         token.cancel();
         let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[cfg(test)]
+mod task_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keeps_the_task_contract() {
+        let root =
+            std::env::temp_dir().join(format!("herald-task-contract-{}", std::process::id()));
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        crate::task::contract::run(|| {
+            let dir = root.join(
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                    .to_string(),
+            );
+            async move {
+                let config = SqliteConfig {
+                    dir,
+                    retention: Retention::default(),
+                    max_bytes: None,
+                };
+                SqliteStore::open(config, Fanout::new(64)).unwrap()
+                    as Arc<dyn crate::task::contract::Both>
+            }
+        })
+        .await;
+        let _ = std::fs::remove_dir_all(root);
     }
 }

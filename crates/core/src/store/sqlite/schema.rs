@@ -95,6 +95,8 @@ pub fn open_writer(dir: &Path, max_bytes: Option<u64>) -> Result<Connection, Sto
     }
     conn.execute_batch(SCHEMA)
         .map_err(|e| fail("cannot be written", e))?;
+    conn.execute_batch(super::tasks::SCHEMA)
+        .map_err(|e| fail("cannot be written", e))?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(|e| fail("cannot be written", e))?;
     if let Some(max) = max_bytes {

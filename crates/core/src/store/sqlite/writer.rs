@@ -24,16 +24,61 @@ use crate::store::{Appended, NewEvent, Retention};
 /// Where the writer answers one append.
 pub type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
 
+/// Told after the group's commit whether it held (`Ok`) or not.
+pub type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A unit of work run inside the group's transaction (a task operation).
+/// `Err` is a storage failure and fails the whole group; a refusal is the
+/// job's own answer, delivered by its [`Finish`].
+pub type Job = Box<dyn FnOnce(&mut Ctx<'_, '_>) -> Result<Finish, StoreError> + Send>;
+
 /// Work for the writer.
 pub enum Command {
     /// Store a batch, all or nothing, and answer on `reply`.
     Append { batch: Vec<NewEvent>, reply: Reply },
-    /// Drop events older than the retention age.
+    /// Run a job in the next group's transaction.
+    Job(Job),
+    /// Drop events (and finished tasks) older than the retention age.
     Trim,
 }
 
 /// Most commands folded into one transaction.
 const MAX_GROUP: usize = 1024;
+
+/// What a job sees of the transaction: SQL, and appending events that
+/// reach subscribers once the transaction commits.
+pub struct Ctx<'t, 'c> {
+    pub tx: &'t Transaction<'c>,
+    pub now: u64,
+    meta: &'t HashMap<String, TopicMeta>,
+    touched: HashMap<String, TopicMeta>,
+    retention: &'t Retention,
+    fresh: Vec<Arc<Event>>,
+}
+
+impl Ctx<'_, '_> {
+    /// Appends an event in this transaction.
+    pub fn append(&mut self, new: NewEvent) -> Result<Appended, StoreError> {
+        let appended = append_one(
+            self.tx,
+            self.meta,
+            &mut self.touched,
+            self.retention,
+            new,
+            self.now,
+        )?;
+        if !appended.replayed {
+            self.fresh.push(Arc::clone(&appended.event));
+        }
+        Ok(appended)
+    }
+}
+
+/// Who is waiting for the group's outcome.
+enum Waiter {
+    Append(Reply, Option<Vec<Appended>>),
+    Job(Finish),
+}
 
 pub struct Writer {
     conn: Connection,
@@ -57,21 +102,21 @@ impl Writer {
     /// Runs until every sender is gone.
     pub fn run(mut self, commands: Receiver<Command>) {
         while let Ok(first) = commands.recv() {
-            let mut appends = Vec::new();
+            let mut work = Vec::new();
             let mut trim = false;
             let mut next = Some(first);
             while let Some(cmd) = next.take() {
                 match cmd {
-                    Command::Append { batch, reply } => appends.push((batch, reply)),
                     Command::Trim => trim = true,
+                    other => work.push(other),
                 }
-                if appends.len() < MAX_GROUP {
+                if work.len() < MAX_GROUP {
                     // Empty or disconnected: commit what we have.
                     next = commands.try_recv().ok();
                 }
             }
-            if !appends.is_empty() {
-                self.commit_group(appends);
+            if !work.is_empty() {
+                self.commit_group(work);
             }
             if trim && let Err(e) = self.trim_by_age() {
                 self.meta.clear();
@@ -80,67 +125,101 @@ impl Writer {
         }
     }
 
-    fn commit_group(&mut self, appends: Vec<(Vec<NewEvent>, Reply)>) {
+    fn commit_group(&mut self, work: Vec<Command>) {
         let now = now_ms();
-        let (batches, replies): (Vec<_>, Vec<_>) = appends.into_iter().unzip();
-        match self.write(batches, now) {
-            Ok(results) => {
-                let fresh: Vec<Arc<Event>> = results
-                    .iter()
-                    .flatten()
-                    .filter(|a| !a.replayed)
-                    .map(|a| Arc::clone(&a.event))
-                    .collect();
+        let mut waiters = Vec::with_capacity(work.len());
+        match self.write(work, now, &mut waiters) {
+            Ok(fresh) => {
                 self.fanout.send(&fresh);
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(Ok(result));
+                for waiter in waiters {
+                    match waiter {
+                        Waiter::Append(reply, out) => {
+                            let _ = reply.send(Ok(out.unwrap_or_default()));
+                        }
+                        Waiter::Job(finish) => finish(Ok(())),
+                    }
                 }
             }
             Err(e) => {
                 self.meta.clear();
-                tracing::error!(error = %e, "a group commit failed; its publishes are refused");
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
+                tracing::error!(error = %e, "a group commit failed; its writes are refused");
+                for waiter in waiters {
+                    match waiter {
+                        Waiter::Append(reply, _) => {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                        Waiter::Job(finish) => finish(Err(e.clone())),
+                    }
                 }
             }
         }
     }
 
-    /// One transaction for the whole group.
+    /// One transaction for the whole group. Every command leaves a waiter,
+    /// even after a failure, so everyone is answered.
     fn write(
         &mut self,
-        batches: Vec<Vec<NewEvent>>,
+        work: Vec<Command>,
         now: u64,
-    ) -> Result<Vec<Vec<Appended>>, StoreError> {
+        waiters: &mut Vec<Waiter>,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
         let tx = self
             .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| error("starting a write", e))?;
-        let mut touched: HashMap<String, TopicMeta> = HashMap::new();
-        let mut results = Vec::with_capacity(batches.len());
-        for batch in batches {
-            let mut out = Vec::with_capacity(batch.len());
-            for new in batch {
-                out.push(append_one(
-                    &tx,
-                    &self.meta,
-                    &mut touched,
-                    &self.retention,
-                    new,
-                    now,
-                )?);
+            .transaction_with_behavior(TransactionBehavior::Immediate);
+        let tx = match tx {
+            Ok(tx) => tx,
+            Err(e) => {
+                waiters.extend(work.into_iter().filter_map(unstarted));
+                return Err(error("starting a write", e));
             }
-            results.push(out);
+        };
+        let mut ctx = Ctx {
+            tx: &tx,
+            now,
+            meta: &self.meta,
+            touched: HashMap::new(),
+            retention: &self.retention,
+            fresh: Vec::new(),
+        };
+        let mut failure = None;
+        for cmd in work {
+            if failure.is_some() {
+                waiters.extend(unstarted(cmd));
+                continue;
+            }
+            match cmd {
+                Command::Append { batch, reply } => {
+                    let out: Result<Vec<_>, _> =
+                        batch.into_iter().map(|new| ctx.append(new)).collect();
+                    match out {
+                        Ok(out) => waiters.push(Waiter::Append(reply, Some(out))),
+                        Err(e) => {
+                            waiters.push(Waiter::Append(reply, None));
+                            failure = Some(e);
+                        }
+                    }
+                }
+                Command::Job(job) => match job(&mut ctx) {
+                    Ok(finish) => waiters.push(Waiter::Job(finish)),
+                    Err(e) => failure = Some(e),
+                },
+                Command::Trim => {}
+            }
         }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let (touched, fresh) = (ctx.touched, ctx.fresh);
         for (topic, m) in &touched {
             save_meta(&tx, topic, m).map_err(|e| error("recording topics", e))?;
         }
         tx.commit().map_err(|e| error("committing", e))?;
         self.meta.extend(touched);
-        Ok(results)
+        Ok(fresh)
     }
 
-    /// Deletes, per topic, the events older than the retention age.
+    /// Deletes, per topic, the events older than the retention age, and the
+    /// tasks that finished before it.
     fn trim_by_age(&mut self) -> Result<(), StoreError> {
         let Some(age) = self.retention.max_age else {
             return Ok(());
@@ -150,6 +229,8 @@ impl Writer {
             .conn
             .transaction()
             .map_err(|e| error("starting a sweep", e))?;
+        super::tasks::forget_finished_before(&tx, cutoff)
+            .map_err(|e| error("dropping old tasks", e))?;
         let topics: Vec<String> = tx
             .prepare("SELECT topic FROM topics WHERE count > 0")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
@@ -177,6 +258,16 @@ impl Writer {
         tx.commit().map_err(|e| error("committing a sweep", e))?;
         self.meta.extend(touched);
         Ok(())
+    }
+}
+
+/// The waiter of a command that never ran.
+fn unstarted(cmd: Command) -> Option<Waiter> {
+    match cmd {
+        Command::Append { reply, .. } => Some(Waiter::Append(reply, None)),
+        // A job that never ran has no one to tell: its requester sees its
+        // answer channel close, which it reports as the store failing.
+        Command::Job(_) | Command::Trim => None,
     }
 }
 

@@ -1,0 +1,254 @@
+//! The task engine: claims that wait for work, waiters told the moment a
+//! task finishes, leases that run out on time — all by notification.
+//!
+//! - A new or requeued task wakes exactly one waiting claim of its queue
+//!   (`Notify::notify_one`).
+//! - Whoever waits for a task's end watches the task's topic, where the
+//!   store writes `done` / `error` in the same step as the status.
+//! - Queue positions only move when a task leaves the queue or comes back
+//!   (enqueueing appends at the end); those moments bump a per-queue watch
+//!   that streams waiting in the queue follow.
+//! - One reaper sleeps until the earliest lease deadline, or until a claim
+//!   sets an earlier one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Cancel, NewTask, Op, Status, Task, TaskError, TaskId, TaskStore};
+use crate::event::now_ms;
+use crate::hub::Hub;
+use crate::name::Topic;
+
+/// The signals of one queue on this node.
+#[derive(Debug)]
+struct QueueSignals {
+    /// One permit per task that became claimable.
+    work: Notify,
+    /// Bumped whenever positions in the queue may have moved.
+    moved: watch::Sender<u64>,
+}
+
+struct Inner {
+    store: Arc<dyn TaskStore>,
+    hub: Hub,
+    queues: Mutex<HashMap<String, Arc<QueueSignals>>>,
+    /// Wakes the reaper when a lease that may end sooner was handed out.
+    reaper: Notify,
+    shutdown: CancellationToken,
+}
+
+/// A cheap, clonable handle on the task engine.
+#[derive(Clone)]
+pub struct Tasks {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Tasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tasks").finish_non_exhaustive()
+    }
+}
+
+/// How a wait for a task ended.
+#[derive(Debug, Clone)]
+pub enum Waited {
+    /// The task is finished.
+    Finished(Task),
+    /// The timeout passed (or the server is stopping) first.
+    TimedOut(Task, Option<u64>),
+}
+
+fn gauge(queue: &str, status: Status) -> metrics::Gauge {
+    metrics::gauge!("herald_tasks", "queue" => queue.to_owned(), "status" => status.as_str())
+}
+
+fn moved(from: Option<Status>, task: &Task) {
+    if from == Some(task.status) {
+        return;
+    }
+    if let Some(from) = from {
+        gauge(&task.queue, from).decrement(1.0);
+    }
+    gauge(&task.queue, task.status).increment(1.0);
+    if task.status.is_finished()
+        && let (Some(start), Some(end)) = (task.started_ms, task.finished_ms)
+    {
+        metrics::histogram!("herald_task_run_seconds", "queue" => task.queue.clone())
+            .record(end.saturating_sub(start) as f64 / 1000.0);
+    }
+}
+
+impl Tasks {
+    /// Starts the engine (and its lease reaper) over `store`; `hub` carries
+    /// the task events. Must run inside a tokio runtime.
+    pub async fn start(store: Arc<dyn TaskStore>, hub: Hub) -> Result<Tasks, TaskError> {
+        for (queue, status, n) in store.counts().await? {
+            gauge(&queue, status).set(n as f64);
+        }
+        let shutdown = hub.heartbeat().shutdown().clone();
+        let tasks = Tasks {
+            inner: Arc::new(Inner {
+                store,
+                hub,
+                queues: Mutex::new(HashMap::new()),
+                reaper: Notify::new(),
+                shutdown,
+            }),
+        };
+        tokio::spawn(reap(tasks.clone()));
+        Ok(tasks)
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    fn signals(&self, queue: &str) -> Arc<QueueSignals> {
+        let mut queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(queues.entry(queue.to_owned()).or_insert_with(|| {
+            Arc::new(QueueSignals {
+                work: Notify::new(),
+                moved: watch::channel(0).0,
+            })
+        }))
+    }
+
+    /// Tells the queue what happened to one of its tasks.
+    fn signal(&self, before: Option<Status>, task: &Task) {
+        let q = self.signals(&task.queue);
+        if task.status == Status::Queued && before != Some(Status::Queued) {
+            q.work.notify_one();
+        }
+        if before == Some(Status::Queued) || (task.status == Status::Queued && before.is_some()) {
+            q.moved.send_modify(|n| *n += 1);
+        }
+        moved(before, task);
+    }
+
+    /// Enqueues a task; `true` when an earlier one with the same
+    /// idempotency key is returned instead.
+    pub async fn enqueue(&self, new: NewTask) -> Result<(Task, Option<u64>, bool), TaskError> {
+        let (task, replayed) = self.inner.store.enqueue(new).await?;
+        if !replayed {
+            self.signal(None, &task);
+        }
+        let position = self.inner.store.get(task.id).await?.and_then(|(_, p)| p);
+        Ok((task, position, replayed))
+    }
+
+    /// A task and its queue position.
+    pub async fn get(&self, id: TaskId) -> Result<Option<(Task, Option<u64>)>, TaskError> {
+        self.inner.store.get(id).await
+    }
+
+    /// Waits until the task is finished, for at most `timeout`.
+    pub async fn wait(&self, id: TaskId, timeout: Duration) -> Result<Waited, TaskError> {
+        let deadline = Instant::now() + timeout;
+        // Watch before reading, so a finish in between is not missed.
+        let mut events = self.inner.hub.store().watch(&id.topic());
+        loop {
+            let (task, position) = self.get(id).await?.ok_or(TaskError::NotFound)?;
+            if task.status.is_finished() {
+                return Ok(Waited::Finished(task));
+            }
+            tokio::select! {
+                _ = events.next() => {}
+                () = tokio::time::sleep_until(deadline) => return Ok(Waited::TimedOut(task, position)),
+                () = self.inner.shutdown.cancelled() => return Ok(Waited::TimedOut(task, position)),
+            }
+        }
+    }
+
+    /// Claims the oldest task of `queue`, waiting up to `wait` for one.
+    pub async fn claim(
+        &self,
+        queue: &Topic,
+        lease_secs: f64,
+        wait: Duration,
+    ) -> Result<Option<Task>, TaskError> {
+        let started = Instant::now();
+        let deadline = started + wait;
+        let signals = self.signals(queue.as_str());
+        let out = loop {
+            let notified = signals.work.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a task enqueued in between wakes us.
+            notified.as_mut().enable();
+            if let Some(task) = self.inner.store.claim(queue, lease_secs).await? {
+                self.signal(Some(Status::Queued), &task);
+                self.inner.reaper.notify_one();
+                break Some(task);
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => break None,
+                () = self.inner.shutdown.cancelled() => break None,
+            }
+        };
+        metrics::histogram!("herald_task_claim_wait_seconds", "queue" => queue.as_str().to_owned())
+            .record(started.elapsed().as_secs_f64());
+        Ok(out)
+    }
+
+    /// Progress, completion, failure or cancellation.
+    pub async fn update(&self, id: TaskId, op: Op) -> Result<(Task, Option<Cancel>), TaskError> {
+        let u = self.inner.store.update(id, op).await?;
+        self.signal(Some(u.before), &u.task);
+        match u.refused {
+            Some(e) => Err(e),
+            None => Ok((u.task, u.cancel)),
+        }
+    }
+
+    /// A receiver that changes whenever positions in `queue` may have moved.
+    pub fn positions(&self, queue: &str) -> watch::Receiver<u64> {
+        self.signals(queue).moved.subscribe()
+    }
+}
+
+/// Settles leases as they run out: sleeps until the earliest deadline, or
+/// until a claim hands out a lease that may end sooner.
+async fn reap(tasks: Tasks) {
+    let inner = &tasks.inner;
+    loop {
+        let woken = inner.reaper.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let next = match inner.store.next_expiry().await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading lease deadlines failed; retrying in 1 s");
+                Some(now_ms() + 1000)
+            }
+        };
+        let sleep = async {
+            match next {
+                Some(at) => {
+                    let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                    tokio::time::sleep(wait).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => {}
+            () = &mut woken => continue,
+            () = inner.shutdown.cancelled() => return,
+        }
+        match inner.store.expire().await {
+            Ok(expired) => {
+                for task in &expired {
+                    tracing::info!(task = %task.id, status = task.status.as_str(), "a lease ran out");
+                    tasks.signal(Some(Status::Running), task);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "settling expired leases failed"),
+        }
+    }
+}

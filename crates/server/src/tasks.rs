@@ -1,0 +1,277 @@
+//! The task routes of SPEC's task table: enqueue, short and long poll,
+//! cancel, and the worker's claim, progress, complete and fail.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use herald_core::Topic;
+use herald_core::task::engine::Waited;
+use herald_core::task::{Cancel, NewTask, Op, Payload, Task, TaskId};
+use serde::Deserialize;
+
+use crate::body::read_text;
+use crate::error::ApiError;
+use crate::publish::path_topic;
+use crate::query::Query;
+use crate::state::AppState;
+
+/// Attempts a task gets when the client names none.
+pub const DEFAULT_ATTEMPTS: u64 = 3;
+/// Lease a claim gets when the worker names none.
+pub const DEFAULT_LEASE_SECS: f64 = 30.0;
+/// The longest lease a worker may ask for.
+pub const MAX_LEASE_SECS: f64 = 3600.0;
+
+/// The header a worker may send to prove it holds a task's lease.
+pub const LEASE_HEADER: &str = "herald-lease";
+
+pub fn task_id(raw: &str) -> Result<TaskId, ApiError> {
+    raw.parse().map_err(|_| ApiError::BadTaskId(raw.to_owned()))
+}
+
+fn path_id(path: Result<Path<String>, PathRejection>) -> Result<TaskId, ApiError> {
+    match path {
+        Ok(Path(raw)) => task_id(&raw),
+        Err(e) => Err(ApiError::BadTaskId(e.body_text())),
+    }
+}
+
+/// A body as a payload: JSON (checked) when sent as `application/json`.
+pub async fn payload(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Payload, ApiError> {
+    let text = read_text(headers, body, state.config().max_body).await?;
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if is_json {
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+        Ok(Payload::Json(text))
+    } else {
+        Ok(Payload::Text(text))
+    }
+}
+
+/// A task as JSON with the given status code.
+pub fn task_response(status: StatusCode, task: &Task, position: Option<u64>) -> Response {
+    (status, axum::Json(task.to_json(position))).into_response()
+}
+
+fn lease_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(LEASE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// `POST /queues/{queue}/tasks[?max_attempts=N]`.
+pub async fn enqueue(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let queue = path_topic(path)?;
+    let query = Query::parse(raw.as_deref());
+    let max_attempts = query.integer("max_attempts", DEFAULT_ATTEMPTS, 1, 100)?;
+    let idempotency_key = crate::publish::idempotency_key(&headers)?;
+    let new = NewTask {
+        queue,
+        payload: payload(&state, &headers, body).await?,
+        max_attempts: u32::try_from(max_attempts).unwrap_or(3),
+        idempotency_key,
+    };
+    let (task, position, replayed) = state.tasks().enqueue(new).await?;
+    let mut response = task_response(StatusCode::CREATED, &task, position);
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// `GET /tasks/{id}[?wait=SECONDS]`: `200` finished, `202` not yet (short
+/// poll); with `wait`, `408` (the task itself) when the wait runs out.
+pub async fn get(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let id = path_id(path)?;
+    let query = Query::parse(raw.as_deref());
+    if query.get("wait").is_some() {
+        let max = state.config().long_poll_max;
+        let secs = query.seconds("wait", 0.0, 1e9)?;
+        let wait = Duration::from_secs_f64(secs).min(max);
+        return Ok(match state.tasks().wait(id, wait).await? {
+            Waited::Finished(task) => task_response(StatusCode::OK, &task, None),
+            Waited::TimedOut(task, position) => {
+                task_response(StatusCode::REQUEST_TIMEOUT, &task, position)
+            }
+        });
+    }
+    let (task, position) = state.tasks().get(id).await?.ok_or(ApiError::NotFound)?;
+    let status = if task.status.is_finished() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok(task_response(status, &task, position))
+}
+
+/// `DELETE /tasks/{id}`: `200` cancelled, `202` cancel requested of a
+/// running task, `409` already finished.
+pub async fn cancel(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = path_id(path)?;
+    let (task, how) = state.tasks().update(id, Op::Cancel).await?;
+    let status = match how {
+        Some(Cancel::Requested) => StatusCode::ACCEPTED,
+        _ => StatusCode::OK,
+    };
+    Ok(task_response(status, &task, None))
+}
+
+/// `POST /queues/{queue}/claim?wait=SECONDS&lease=SECONDS`: long poll for
+/// work. `200 {"task","lease":{"expires","token"}}` or `204`.
+pub async fn claim(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let queue: Topic = path_topic(path)?;
+    let query = Query::parse(raw.as_deref());
+    let max = state.config().long_poll_max;
+    let wait = Duration::from_secs_f64(query.seconds("wait", 0.0, 1e9)?).min(max);
+    let lease = query.seconds("lease", DEFAULT_LEASE_SECS, MAX_LEASE_SECS)?;
+    if lease < 0.001 {
+        return Err(ApiError::bad_query(
+            "lease",
+            "must be at least 0.001 seconds",
+        ));
+    }
+    let Some(task) = state.tasks().claim(&queue, lease, wait).await? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let lease = task.lease.as_ref().map(|l| {
+        serde_json::json!({
+            "expires": herald_protocol::time::rfc3339_ms(l.expires_ms),
+            "token": l.token,
+        })
+    });
+    let body = serde_json::json!({ "task": task.to_json(None), "lease": lease });
+    Ok(axum::Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Progress {
+    #[serde(default)]
+    progress: Option<f64>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Failure {
+    error: String,
+    #[serde(default)]
+    retry: bool,
+}
+
+async fn json_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    shape: &str,
+) -> Result<T, ApiError> {
+    let text = read_text(headers, body, state.config().max_body).await?;
+    serde_json::from_str(&text).map_err(|e| ApiError::BadRequest(format!("expected {shape}: {e}")))
+}
+
+/// `POST /tasks/{id}/progress` `{"progress","message"}`: extends the lease.
+pub async fn progress(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let id = path_id(path)?;
+    let p: Progress = json_body(
+        &state,
+        &headers,
+        body,
+        "{\"progress\": 0..1, \"message\": string}",
+    )
+    .await?;
+    if p.progress.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
+        return Err(ApiError::BadRequest(
+            "progress must be between 0 and 1".into(),
+        ));
+    }
+    let op = Op::Progress {
+        token: lease_token(&headers),
+        progress: p.progress,
+        message: p.message,
+    };
+    let (task, _) = state.tasks().update(id, op).await?;
+    Ok(task_response(StatusCode::OK, &task, None))
+}
+
+/// `POST /tasks/{id}/complete`, body = result.
+pub async fn complete(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let id = path_id(path)?;
+    let op = Op::Complete {
+        token: lease_token(&headers),
+        result: payload(&state, &headers, body).await?,
+    };
+    let (task, _) = state.tasks().update(id, op).await?;
+    Ok(task_response(StatusCode::OK, &task, None))
+}
+
+/// `POST /tasks/{id}/fail` `{"error","retry"}`.
+pub async fn fail(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let id = path_id(path)?;
+    let f: Failure = json_body(
+        &state,
+        &headers,
+        body,
+        "{\"error\": string, \"retry\": bool}",
+    )
+    .await?;
+    let op = Op::Fail {
+        token: lease_token(&headers),
+        error: f.error,
+        retry: f.retry,
+    };
+    let (task, _) = state.tasks().update(id, op).await?;
+    let position = state.tasks().get(id).await?.and_then(|(_, p)| p);
+    Ok(task_response(StatusCode::OK, &task, position))
+}
