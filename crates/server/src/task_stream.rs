@@ -157,6 +157,7 @@ pub fn sse_response(state: &AppState, feed: Feed, wait: WaitData) -> Response {
 
 fn ndjson_response(feed: Feed) -> Response {
     let encode = |feed: &Feed, item: &FeedItem| match item {
+        FeedItem::Event(e) => Some(e.json_line().clone()),
         FeedItem::KeepAlive => Some(Bytes::from_static(ndjson::KEEP_ALIVE)),
         other => json_frame(feed, other, WaitData::Object).map(|b| {
             let mut line = b.to_vec();
