@@ -5,6 +5,11 @@
 //! exactly once, in order. A second test does the same across graceful
 //! restarts of a server with a durable store.
 //!
+//! The founding article's task-queue client (`tests/node/queue.mjs`: plain
+//! `fetch` and the same EventSource) waits on `/api/queue` by long poll,
+//! short poll and SSE while a worker, played here with reqwest, claims the
+//! task and completes or fails it.
+//!
 //! Needs `node` (>= 20) on PATH and `tests/node/node_modules` (installed here
 //! with `npm ci` when missing). Without them each test prints `SKIPPED:` and
 //! passes, unless `HERALD_STRICT_TESTS` is set (CI sets it): then it fails.
@@ -14,7 +19,7 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -423,4 +428,318 @@ async fn node_eventsource_resumes_across_a_server_restart() {
         ROUNDS as u64,
         "the client did not reconnect after every restart",
     );
+}
+
+/// Worker and client calls for the `/api/queue` tests.
+mod queue {
+    use serde_json::{Value, json};
+
+    use crate::harness::{Server, client};
+
+    /// `POST /api/queue` with a JSON payload; the new task's id.
+    pub async fn enqueue(server: &Server, payload: &Value) -> String {
+        let r = client()
+            .post(server.url("/api/queue"))
+            .header("content-type", "application/json")
+            .body(payload.to_string())
+            .send()
+            .await
+            .expect("POST /api/queue");
+        assert_eq!(r.status(), 200, "POST /api/queue");
+        let v: Value = r.json().await.expect("POST /api/queue answer");
+        v["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("POST /api/queue answered {v} without an id"))
+            .to_owned()
+    }
+
+    /// A claimed task: its id and lease token.
+    pub struct Claimed {
+        pub id: String,
+        token: Option<String>,
+    }
+
+    /// Claims the next task of queue `default`, which must be `want`.
+    pub async fn claim(server: &Server, want: &str) -> Claimed {
+        let r = client()
+            .post(server.url("/queues/default/claim?wait=5&lease=30"))
+            .send()
+            .await
+            .expect("claim");
+        assert_eq!(r.status(), 200, "claim on queue default (wanted {want})");
+        let v: Value = r.json().await.expect("claim answer");
+        let id = v["task"]["id"]
+            .as_str()
+            .expect("claimed task id")
+            .to_owned();
+        assert_eq!(id, want, "claimed the wrong task: {v}");
+        assert_eq!(v["task"]["status"], "running", "claimed task: {v}");
+        Claimed {
+            id,
+            token: v["lease"]["token"].as_str().map(str::to_owned),
+        }
+    }
+
+    /// `POST /tasks/{id}/{action}` as the lease holder, with a JSON body.
+    async fn call(server: &Server, task: &Claimed, action: &str, body: &Value) {
+        let mut req = client()
+            .post(server.url(&format!("/tasks/{}/{action}", task.id)))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(token) = &task.token {
+            req = req.header("herald-lease", token);
+        }
+        let r = req.send().await.expect(action);
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "POST /tasks/{}/{action}: {text}", task.id);
+    }
+
+    pub async fn progress(server: &Server, task: &Claimed) {
+        call(
+            server,
+            task,
+            "progress",
+            &json!({"progress": 0.5, "message": "half"}),
+        )
+        .await;
+    }
+
+    pub async fn complete(server: &Server, task: &Claimed, result: &Value) {
+        call(server, task, "complete", result).await;
+    }
+
+    pub async fn fail(server: &Server, task: &Claimed) {
+        call(
+            server,
+            task,
+            "fail",
+            &json!({"error": "boom", "retry": false}),
+        )
+        .await;
+    }
+}
+
+/// A running `queue.mjs` — the founding article's task-queue client. Its
+/// stdout is `ready`, then progress lines (`request STATUS` per poll
+/// response, `wait N` per SSE `wait` event), then the JSON report.
+struct QueueClient {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    /// Every progress line read so far.
+    seen: Vec<String>,
+}
+
+impl QueueClient {
+    /// Starts `node queue.mjs BASE MODE ID` and waits until it is waiting.
+    async fn start(env: &NodeEnv, server: &Server, mode: &str, id: &str) -> QueueClient {
+        let mut child = Command::new(&env.node)
+            .arg(env.dir.join("queue.mjs"))
+            .arg(server.url(""))
+            .arg(mode)
+            .arg(id)
+            .current_dir(&env.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn node queue.mjs");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut client = QueueClient {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        let first = within(&format!("queue.mjs {mode} to start waiting"), async {
+            client
+                .lines
+                .next_line()
+                .await
+                .expect("read queue.mjs stdout")
+        })
+        .await
+        .expect("queue.mjs exited before it started waiting");
+        assert_eq!(first, "ready");
+        client
+    }
+
+    /// Reads progress lines until queue.mjs prints `want`.
+    async fn until(&mut self, want: &str) {
+        within(&format!("queue.mjs to print {want:?}"), async {
+            loop {
+                let line = self
+                    .lines
+                    .next_line()
+                    .await
+                    .expect("read queue.mjs stdout")
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "queue.mjs exited before {want:?}; it printed {:?}",
+                            self.seen
+                        )
+                    });
+                assert!(
+                    !line.starts_with('{'),
+                    "queue.mjs finished before {want:?}: {line}; progress {:?}",
+                    self.seen
+                );
+                let done = line == want;
+                self.seen.push(line);
+                if done {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Reads the remaining progress lines and the report, waits for
+    /// queue.mjs to exit 0; the report and every progress line.
+    async fn report(mut self) -> (Value, Vec<String>) {
+        let line = within("queue.mjs to report", async {
+            loop {
+                match self.lines.next_line().await.expect("read queue.mjs stdout") {
+                    Some(line) if line.starts_with('{') => return line,
+                    Some(line) => self.seen.push(line),
+                    None => panic!(
+                        "queue.mjs exited without a report; it printed {:?}",
+                        self.seen
+                    ),
+                }
+            }
+        })
+        .await;
+        let status = within("queue.mjs to exit", self.child.wait())
+            .await
+            .expect("wait for queue.mjs");
+        assert!(status.success(), "queue.mjs: {status}");
+        let report = serde_json::from_str(&line).expect("queue.mjs report is JSON");
+        (report, self.seen)
+    }
+}
+
+/// The `request STATUS` progress lines as statuses.
+fn statuses(seen: &[String]) -> Vec<u16> {
+    seen.iter()
+        .filter_map(|l| l.strip_prefix("request "))
+        .map(|s| s.parse().expect("status"))
+        .collect()
+}
+
+/// Asserts that a poll client made `≥ 2` requests, each answered `pending`
+/// but the last, which was `200`.
+fn check_polls(mode: &str, report: &Value, seen: &[String], pending: u16) {
+    let got = statuses(seen);
+    assert_eq!(
+        report["requests"].as_u64(),
+        Some(got.len() as u64),
+        "{mode}: report {report} disagrees with progress {seen:?}"
+    );
+    assert!(got.len() >= 2, "{mode}: the client never waited: {got:?}");
+    let (last, before) = got.split_last().expect("requests");
+    assert_eq!(*last, 200, "{mode}: last answer: {got:?}");
+    assert!(
+        before.iter().all(|&s| s == pending),
+        "{mode}: every answer before the result is {pending}: {got:?}"
+    );
+}
+
+/// Asserts that `task` is `id`, succeeded with `result`.
+fn check_succeeded(mode: &str, task: &Value, id: &str, result: &Value) {
+    assert_eq!(
+        task["id"], id,
+        "{mode}: the client got another task: {task}"
+    );
+    assert_eq!(task["status"], "succeeded", "{mode}: {task}");
+    assert_eq!(&task["result"], result, "{mode}: {task}");
+}
+
+#[tokio::test]
+async fn article_client_waits_by_long_poll_short_poll_and_sse() {
+    let Some(env) = node_or_skip("article_client_waits_by_long_poll_short_poll_and_sse") else {
+        return;
+    };
+    let server = Server::start(&[]);
+
+    // Long poll, `ttl=300`: at least one `408` comes before the worker
+    // finishes, and the client asks again.
+    let started = Instant::now();
+    let id = queue::enqueue(&server, &json!({"n": 1})).await;
+    let mut waiter = QueueClient::start(env, &server, "long", &id).await;
+    waiter.until("request 408").await;
+    let task = queue::claim(&server, &id).await;
+    let result = json!({"mode": "long", "answer": 42});
+    queue::complete(&server, &task, &result).await;
+    let (report, seen) = waiter.report().await;
+    check_succeeded("long", &report["task"], &id, &result);
+    check_polls("long", &report, &seen, 408);
+    eprintln!("long poll: {seen:?} in {:?}", started.elapsed());
+
+    // Short poll: `204` while pending, then `200` with the task.
+    let started = Instant::now();
+    let id = queue::enqueue(&server, &json!({"n": 1})).await;
+    let mut waiter = QueueClient::start(env, &server, "short", &id).await;
+    waiter.until("request 204").await;
+    let task = queue::claim(&server, &id).await;
+    queue::progress(&server, &task).await;
+    let result = json!({"mode": "short", "answer": 43});
+    queue::complete(&server, &task, &result).await;
+    let (report, seen) = waiter.report().await;
+    check_succeeded("short", &report["task"], &id, &result);
+    check_polls("short", &report, &seen, 204);
+    eprintln!(
+        "short poll: {} requests in {:?}",
+        seen.len(),
+        started.elapsed()
+    );
+
+    // SSE: a blocker ahead puts the task at position 2; claiming the
+    // blocker moves it to 1; then it runs and succeeds.
+    let started = Instant::now();
+    let blocker = queue::enqueue(&server, &json!({"n": 0})).await;
+    let id = queue::enqueue(&server, &json!({"n": 1})).await;
+    let mut waiter = QueueClient::start(env, &server, "sse", &id).await;
+    waiter.until("wait 2").await;
+    let first = queue::claim(&server, &blocker).await;
+    waiter.until("wait 1").await;
+    let task = queue::claim(&server, &id).await;
+    queue::progress(&server, &task).await;
+    let result = json!({"mode": "sse", "answer": 44});
+    queue::complete(&server, &task, &result).await;
+    let (report, seen) = waiter.report().await;
+    check_succeeded("sse", &report["task"], &id, &result);
+    assert_eq!(
+        report["waits"],
+        json!([2, 1]),
+        "sse: the queue positions the client saw"
+    );
+    assert_eq!(report["requests"], Value::Null);
+    queue::complete(&server, &first, &json!("blocker done")).await;
+    eprintln!("sse: {seen:?} in {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn article_sse_client_sees_error_for_a_failed_task() {
+    let Some(env) = node_or_skip("article_sse_client_sees_error_for_a_failed_task") else {
+        return;
+    };
+    let server = Server::start(&[]);
+    let started = Instant::now();
+    let id = queue::enqueue(&server, &json!({"n": 1})).await;
+    let mut waiter = QueueClient::start(env, &server, "sse", &id).await;
+    waiter.until("wait 1").await;
+    let task = queue::claim(&server, &id).await;
+    queue::fail(&server, &task).await;
+    let (report, seen) = waiter.report().await;
+    let task = &report["task"];
+    assert_eq!(task["id"], id, "the client got another task: {task}");
+    assert_eq!(task["status"], "failed", "{task}");
+    assert_eq!(task["error"], "boom", "{task}");
+    assert_eq!(
+        report["waits"],
+        json!([1]),
+        "the queue positions the client saw"
+    );
+    eprintln!("sse failed: {seen:?} in {:?}", started.elapsed());
 }

@@ -104,7 +104,9 @@ fn finish(mut t: Task, status: Status, now: u64) -> (Task, Emit) {
 }
 
 /// Checks that the caller may act on a running task: a live lease, and its
-/// token if it sent one. A cancel request ends the task here.
+/// token if it sent one. A cancel request ends the task here. The refusal
+/// is the whole decision, returned by value once per call.
+#[allow(clippy::result_large_err)]
 fn holder(task: &Task, token: Option<&str>, now: u64) -> Result<(), Decision> {
     let Some(lease) = task
         .lease
