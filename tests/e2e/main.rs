@@ -15,4 +15,5 @@ mod node;
 mod publish;
 mod resources;
 mod sse_wire;
+mod tasks;
 mod transports;

@@ -28,6 +28,8 @@ pub enum ApiError {
     BadTaskId(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("topic {0:?} is written by herald itself (tasks.* carry task events)")]
+    Reserved(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{0}")]
@@ -46,6 +48,7 @@ impl ApiError {
             | ApiError::BadBatch { .. }
             | ApiError::BadTaskId(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Reserved(_) => StatusCode::FORBIDDEN,
             ApiError::NotUtf8 => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -68,6 +71,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::BadTaskId(_) => "bad_task_id",
             ApiError::Conflict(_) => "conflict",
+            ApiError::Reserved(_) => "reserved_topic",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",

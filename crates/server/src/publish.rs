@@ -19,6 +19,18 @@ use crate::state::AppState;
 /// The longest idempotency key accepted.
 const MAX_KEY_LEN: usize = 256;
 
+/// Topics whose events only herald writes: a task's story (`tasks.{id}`)
+/// must not be faked by a publisher.
+pub const RESERVED_PREFIX: &str = "tasks.";
+
+/// A topic a client may publish to.
+pub fn publishable(topic: Topic) -> Result<Topic, ApiError> {
+    if topic.as_str().starts_with(RESERVED_PREFIX) {
+        return Err(ApiError::Reserved(topic.as_str().to_owned()));
+    }
+    Ok(topic)
+}
+
 pub fn topic(name: &str) -> Result<Topic, ApiError> {
     Topic::new(name).map_err(|e| ApiError::BadTopic {
         name: name.to_owned(),
@@ -93,7 +105,7 @@ pub async fn one(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let topic = path_topic(path)?;
+    let topic = publishable(path_topic(path)?)?;
     let query = Query::parse(raw.as_deref());
     let kind = event_type(query.get("event"))?;
     let idempotency_key = idempotency_key(&headers)?;
@@ -137,7 +149,9 @@ pub async fn batch(
     for (line, raw) in ndjson::lines(&text) {
         let bad = |reason: String| ApiError::BadBatch { line, reason };
         let parsed: BatchLine = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
-        let topic = topic(&parsed.topic).map_err(|e| bad(e.to_string()))?;
+        let topic = topic(&parsed.topic)
+            .and_then(publishable)
+            .map_err(|e| bad(e.to_string()))?;
         let kind = event_type(parsed.event.as_deref()).map_err(|e| bad(e.to_string()))?;
         let idempotency_key = parsed
             .idempotency_key

@@ -23,8 +23,8 @@ use crate::query::Query;
 use crate::state::AppState;
 use crate::subscribe::cursor;
 use crate::tasks::task_id;
-use crate::transport::SubscriptionGauge;
 use crate::transport::sse::headers as sse_headers;
+use crate::transport::{SubscriptionGauge, gap_data};
 
 /// How a `wait` event writes the queue position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +103,17 @@ fn json_frame(feed: &Feed, item: &FeedItem, wait: WaitData) -> Option<Bytes> {
                 None,
             )))
         }
+        FeedItem::Gap { cursor } => {
+            let topic = feed.id().topic();
+            let data = gap_data(topic.as_str(), cursor);
+            Some(Bytes::from(json::encode_event(
+                None,
+                topic.as_str(),
+                "gap",
+                &data,
+                None,
+            )))
+        }
         FeedItem::KeepAlive | FeedItem::End => None,
     }
 }
@@ -143,9 +154,13 @@ where
 
 /// The SSE form: stored events as they were encoded, `wait` without an id.
 pub fn sse_response(state: &AppState, feed: Feed, wait: WaitData) -> Response {
-    let encode = move |_: &Feed, item: &FeedItem| match item {
+    let encode = move |feed: &Feed, item: &FeedItem| match item {
         FeedItem::Event(e) => Some(e.sse().full()),
         FeedItem::Wait(p) => Some(sse::encode_event(None, "wait", &wait.render(*p)).full()),
+        FeedItem::Gap { cursor } => {
+            let data = gap_data(feed.id().topic().as_str(), cursor);
+            Some(sse::encode_event(None, "gap", &data).full())
+        }
         FeedItem::KeepAlive => Some(Bytes::from_static(b": keep-alive\n\n")),
         FeedItem::End => None,
     };

@@ -24,6 +24,10 @@ pub enum FeedItem {
     Event(Arc<Event>),
     /// The task's position in its queue changed (1 = next).
     Wait(u64),
+    /// The cursor given was unknown: the story is replayed from its start.
+    Gap {
+        cursor: String,
+    },
     KeepAlive,
     /// The task finished (after its final event) or the stream was ended.
     End,
@@ -65,17 +69,17 @@ impl Tasks {
     pub async fn feed(&self, id: TaskId, cursor: &CursorInput) -> Result<Feed, FeedError> {
         let (task, _) = self.get(id).await?.ok_or(TaskError::NotFound)?;
         let topic = id.topic();
-        if task.status.is_finished()
-            && let Start::After(at) = cursor.start_for(&topic)
-        {
-            let head = self
-                .hub()
-                .store()
-                .head(&topic)
-                .await
-                .map_err(TaskError::from)?;
-            if at == head {
-                return Err(FeedError::Over);
+        if task.status.is_finished() {
+            match cursor.start_for(&topic) {
+                // Nothing new will ever come after the end.
+                Start::Head => return Err(FeedError::Over),
+                Start::After(at) => {
+                    let head = self.hub().store().head(&topic).await;
+                    if at == head.map_err(TaskError::from)? {
+                        return Err(FeedError::Over);
+                    }
+                }
+                Start::Oldest | Start::Unknown(_) => {}
             }
         }
         let sub = self
@@ -134,8 +138,7 @@ impl Feed {
                         }
                         return FeedItem::Event(e);
                     }
-                    // A task's few events are not trimmed while it lives.
-                    Next::Gap { .. } => {}
+                    Next::Gap { cursor, .. } => return FeedItem::Gap { cursor },
                     Next::KeepAlive => return FeedItem::KeepAlive,
                     Next::End(_) => {
                         self.over = true;
@@ -148,10 +151,13 @@ impl Feed {
                         self.over = true;
                         return FeedItem::End;
                     }
+                    // `None` once the task left the queue, so that coming back
+                    // (a retry, a lease that ran out) is told again.
                     let now = self.position().await;
-                    if now.is_some() && now != self.last_position {
-                        self.last_position = now;
-                        return FeedItem::Wait(now.unwrap_or_default());
+                    let changed = now != self.last_position;
+                    self.last_position = now;
+                    if let (Some(p), true) = (now, changed) {
+                        return FeedItem::Wait(p);
                     }
                 }
             }

@@ -199,8 +199,7 @@ pub fn fail(task: &Task, token: Option<&str>, error: String, retry: bool, now: u
     let mut t = task.clone();
     t.error = Some(error);
     if retry && t.attempts < t.max_attempts {
-        t.status = Status::Queued;
-        t.updated_ms = now;
+        requeue(&mut t, now);
         return Decision::save(t, None);
     }
     let (t, emit) = finish(t, Status::Failed, now);
@@ -257,10 +256,19 @@ pub fn expire(task: &Task, now: u64) -> Option<Decision> {
         let (t, emit) = finish(t, Status::Failed, now);
         return Some(Decision::save(t, Some(emit)));
     }
-    t.status = Status::Queued;
-    t.updated_ms = now;
+    requeue(&mut t, now);
     t.lease = None;
     Some(Decision::save(t, None))
+}
+
+/// Back in the queue for another attempt: the last attempt's progress no
+/// longer applies (its `error`, if any, is kept as the reason for the retry).
+fn requeue(t: &mut Task, now: u64) {
+    t.status = Status::Queued;
+    t.updated_ms = now;
+    t.progress = None;
+    t.message = None;
+    t.started_ms = None;
 }
 
 #[cfg(test)]
