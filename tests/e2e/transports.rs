@@ -392,6 +392,57 @@ async fn multi_topic(server: Server) {
     assert!(
         v["next"].as_str().unwrap().contains("m1=") && v["next"].as_str().unwrap().contains("m2=")
     );
+
+    // WebSocket and NDJSON frames of a multi-topic subscription carry the
+    // cursor of all topics, which resumes exactly like the SSE id.
+    let ws_url = server
+        .url("/subscribe?topic=m1&topic=m2&last-event-id=all")
+        .replacen("http", "ws", 1);
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    let mut frames = Vec::new();
+    while frames.len() < 5 {
+        if let Message::Text(t) = within("multi ws", ws.next()).await.unwrap().unwrap() {
+            frames.push(serde_json::from_str::<Value>(&t).unwrap());
+        }
+    }
+    let after_b2 = frames.iter().find(|f| f["data"] == "b2").unwrap()["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        after_b2.contains("m1=") && after_b2.contains("m2="),
+        "{after_b2}"
+    );
+    let r = client()
+        .get(server.url(&format!(
+            "/subscribe?topic=m1&topic=m2&transport=stream&last-event-id={}",
+            urlencode(&after_b2)
+        )))
+        .send()
+        .await
+        .unwrap();
+    let mut want: Vec<String> = frames
+        .iter()
+        .skip_while(|f| f["data"] != "b2")
+        .skip(1)
+        .map(|f| f["data"].as_str().unwrap().to_owned())
+        .collect();
+    let mut body = r.bytes_stream();
+    let mut lines = herald_protocol::ndjson::LineSplitter::new();
+    let mut rest = Vec::new();
+    while rest.len() < want.len() {
+        for line in lines.feed(&within("multi ndjson", body.next()).await.unwrap().unwrap()) {
+            let v: Value = serde_json::from_slice(&line).unwrap();
+            assert!(v["cursor"].as_str().is_some_and(|c| c.contains("m1=")));
+            rest.push(v["data"].as_str().unwrap().to_owned());
+        }
+    }
+    rest.sort();
+    want.sort();
+    assert_eq!(
+        rest, want,
+        "the frame's cursor resumes after exactly that frame"
+    );
 }
 
 fn urlencode(s: &str) -> String {

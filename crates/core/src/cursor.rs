@@ -3,7 +3,8 @@
 //! A cursor over one topic is simply the id of the last event the client
 //! has. A cursor over several topics must restore every topic's position, so
 //! it is written `TOPIC=ID,TOPIC=ID,…` — unambiguous because neither topic
-//! names nor ids may contain `=` or `,`. Anything the server cannot make
+//! names nor ids may contain `=` or `,`; a client may also write `all` or
+//! `now` as one topic's value. Anything the server cannot make
 //! sense of is an *unknown* cursor, answered with a gap, never with an error:
 //! a browser's EventSource gives up for good on an error status.
 
@@ -45,6 +46,8 @@ impl CursorInput {
                     (t.trim() == topic.as_str()).then(|| id.trim())
                 });
                 match value {
+                    Some("all") => Start::Oldest,
+                    Some("now") => Start::Head,
                     Some(v) => v
                         .parse()
                         .map_or_else(|_| Start::Unknown(v.to_owned()), Start::After),
@@ -148,6 +151,9 @@ mod tests {
         );
         assert_eq!(input.start_for(&t("b:c")), Start::After(EventId::START));
         assert!(matches!(input.start_for(&t("z")), Start::Unknown(_)));
+        let keywords = CursorInput::Given("a=now,b:c=all".into());
+        assert_eq!(keywords.start_for(&t("a")), Start::Head);
+        assert_eq!(keywords.start_for(&t("b:c")), Start::Oldest);
     }
 
     #[test]

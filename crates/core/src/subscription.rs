@@ -166,6 +166,13 @@ impl Subscription {
     pub async fn next(&mut self) -> Next {
         loop {
             if let Some(next) = self.pending.pop_front() {
+                // The cursor moves as events are handed out, not as pages are
+                // read: a cursor taken mid-page must resume mid-page.
+                if let Next::Event(e) = &next
+                    && let Some(t) = self.topics.iter_mut().find(|t| t.topic == e.topic)
+                {
+                    t.pos = e.id;
+                }
                 return next;
             }
             if let Some(i) = self
@@ -362,6 +369,31 @@ mod tests {
             assert_eq!(next_event(&mut sub).await.data, want.to_string());
         }
         publisher.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cursor_taken_mid_page_resumes_mid_page() {
+        let (hub, _token) = hub(4);
+        let topics = vec![Topic::new("a").unwrap(), Topic::new("b").unwrap()];
+        for i in 0..4 {
+            publish(&hub, "a", format!("a{i}")).await;
+        }
+        publish(&hub, "b", "b0".into()).await;
+        let mut sub = hub
+            .subscribe(topics.clone(), &CursorInput::All)
+            .await
+            .unwrap();
+        assert_eq!(next_event(&mut sub).await.data, "a0");
+        let cursor = sub.cursor().to_string();
+        let mut again = hub
+            .subscribe(topics, &CursorInput::Given(cursor))
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        for _ in 0..4 {
+            rest.push(next_event(&mut again).await.data.clone());
+        }
+        assert_eq!(rest, ["a1", "a2", "a3", "b0"]);
     }
 
     #[tokio::test]

@@ -120,6 +120,14 @@ pub fn streaming_body<E: Encode>(
     Body::from_stream(body)
 }
 
+/// `,"cursor":"…"` plus `end`: what a multi-topic subscriber's JSON frames
+/// carry after the shared event object, so every transport hands out a
+/// cursor that restores all its topics.
+pub fn cursor_tail(sub: &Subscription, end: &str) -> Bytes {
+    let cursor = herald_protocol::json::quote(&sub.cursor().to_string());
+    Bytes::from(format!(",\"cursor\":{cursor}{end}"))
+}
+
 /// The data of a `gap` signal: the cursor given, and the topic it was for.
 pub fn gap_data(topic: &str, cursor: &str) -> String {
     serde_json::json!({ "cursor": cursor, "topic": topic }).to_string()

@@ -17,8 +17,14 @@ use crate::negotiate::Transport;
 struct NdjsonEncoder;
 
 impl Encode for NdjsonEncoder {
-    fn encode(&mut self, _sub: &Subscription, next: &Next, out: &mut VecDeque<Bytes>) {
+    fn encode(&mut self, sub: &Subscription, next: &Next, out: &mut VecDeque<Bytes>) {
         match next {
+            Next::Event(e) if sub.is_multi() => {
+                // The shared object without its `}`, then this subscriber's cursor.
+                let json = e.json();
+                out.push_back(json.slice(..json.len().saturating_sub(1)));
+                out.push_back(super::cursor_tail(sub, "}\n"));
+            }
             Next::Event(e) => out.push_back(e.json_line().clone()),
             Next::Gap { topic, cursor } => {
                 let data = gap_data(topic.as_str(), cursor);

@@ -56,6 +56,13 @@ async fn run(mut socket: WebSocket, mut sub: Subscription) {
             next = sub.next() => next,
         };
         let message = match next {
+            Next::Event(e) if sub.is_multi() => {
+                counters.delivered.increment(1);
+                let json = e.json();
+                let mut frame = json[..json.len().saturating_sub(1)].to_vec();
+                frame.extend_from_slice(&super::cursor_tail(&sub, "}"));
+                text(Bytes::from(frame))
+            }
             Next::Event(e) => {
                 counters.delivered.increment(1);
                 text(e.json())
