@@ -77,6 +77,10 @@ struct TopicState {
     topic: Topic,
     /// The id of the last event delivered (or the position it stands for).
     pos: EventId,
+    /// Until `pos` is known, what the cursor says for this topic: `all`, or
+    /// the junk the client sent (so a reconnect before any read is told of
+    /// the same gap).
+    start_text: Option<String>,
     phase: Phase,
     watch: Option<Watch>,
 }
@@ -113,11 +117,21 @@ impl Subscription {
     ) -> Subscription {
         let topics = topics
             .into_iter()
-            .map(|topic| TopicState {
-                phase: Phase::Start(cursor.start_for(&topic)),
-                topic,
-                pos: EventId::START,
-                watch: None,
+            .map(|topic| {
+                let start = cursor.start_for(&topic);
+                let (pos, start_text) = match &start {
+                    Start::After(id) => (*id, None),
+                    Start::Oldest => (EventId::START, Some("all".to_owned())),
+                    Start::Unknown(given) => (EventId::START, Some(given.clone())),
+                    Start::Head => (EventId::START, Some("now".to_owned())),
+                };
+                TopicState {
+                    phase: Phase::Start(start),
+                    topic,
+                    pos,
+                    start_text,
+                    watch: None,
+                }
             })
             .collect();
         Subscription {
@@ -155,6 +169,23 @@ impl Subscription {
         }
     }
 
+    /// The cursor as text, with `all`, `now` or the client's own value for
+    /// topics whose position is not known yet (a composite may hold those).
+    pub fn cursor_text(&self) -> String {
+        if !self.is_multi() {
+            return self.cursor().to_string();
+        }
+        let parts: Vec<String> = self
+            .topics
+            .iter()
+            .map(|t| match &t.start_text {
+                Some(text) => format!("{}={text}", t.topic),
+                None => format!("{}={}", t.topic, t.pos),
+            })
+            .collect();
+        parts.join(",")
+    }
+
     /// Whether the subscription covers more than one topic (its cursor is
     /// then not an event id).
     pub fn is_multi(&self) -> bool {
@@ -172,6 +203,7 @@ impl Subscription {
                     && let Some(t) = self.topics.iter_mut().find(|t| t.topic == e.topic)
                 {
                     t.pos = e.id;
+                    t.start_text = None;
                 }
                 return next;
             }
@@ -201,6 +233,7 @@ impl Subscription {
                 // the watch; anything before is not wanted.
                 t.watch = Some(store.watch(&t.topic));
                 t.pos = store.head(&t.topic).await?;
+                t.start_text = None;
                 t.phase = Phase::Live;
             }
             Phase::Start(start) => {
@@ -289,6 +322,7 @@ impl Subscription {
                     Ok(e) if e.id <= self.topics[i].pos => None,
                     Ok(e) => {
                         self.topics[i].pos = e.id;
+                        self.topics[i].start_text = None;
                         Some(Next::Event(e))
                     }
                     Err(Lagged(_)) => Some(Next::End(EndReason::Slow)),

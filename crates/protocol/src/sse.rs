@@ -135,6 +135,10 @@ pub enum Frame {
     },
     /// A `retry:` field with a valid number of milliseconds.
     Retry(u64),
+    /// A block that set the last event id without dispatching an event
+    /// (no `data`): an EventSource would resume from it. herald sends one at
+    /// the start of a multi-topic stream to hand out its starting cursor.
+    Id(String),
 }
 
 /// A push parser for `text/event-stream`, following the HTML standard's
@@ -154,6 +158,8 @@ pub struct Decoder {
     event: String,
     data: String,
     has_data: bool,
+    /// The block being read had an `id:` field.
+    id_in_block: bool,
     last_id: Option<String>,
 }
 
@@ -246,7 +252,10 @@ impl Decoder {
                 self.data.push('\n');
                 self.has_data = true;
             }
-            b"id" if !value.contains('\0') => self.last_id = Some(value.into_owned()),
+            b"id" if !value.contains('\0') => {
+                self.last_id = Some(value.into_owned());
+                self.id_in_block = true;
+            }
             b"retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
                 return value.parse().ok().map(Frame::Retry);
             }
@@ -257,9 +266,10 @@ impl Decoder {
 
     fn dispatch(&mut self) -> Option<Frame> {
         let event = std::mem::take(&mut self.event);
+        let id_in_block = std::mem::take(&mut self.id_in_block);
         if !self.has_data {
             self.data.clear();
-            return None;
+            return id_in_block.then(|| Frame::Id(self.last_id.clone().unwrap_or_default()));
         }
         self.has_data = false;
         let mut data = std::mem::take(&mut self.data);
@@ -381,6 +391,14 @@ mod tests {
                 ev(Some("5"), "message", ""),
                 ev(Some("5"), "message", "x"),
                 Frame::Retry(40),
+            ]
+        );
+        let got = decode_all(&[b"id: a=1-0,b=2-0\n\ndata: x\n\n"]);
+        assert_eq!(
+            got,
+            vec![
+                Frame::Id("a=1-0,b=2-0".into()),
+                ev(Some("a=1-0,b=2-0"), "message", "x")
             ]
         );
     }

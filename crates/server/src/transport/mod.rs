@@ -124,7 +124,7 @@ pub fn streaming_body<E: Encode>(
 /// carry after the shared event object, so every transport hands out a
 /// cursor that restores all its topics.
 pub fn cursor_tail(sub: &Subscription, end: &str) -> Bytes {
-    let cursor = herald_protocol::json::quote(&sub.cursor().to_string());
+    let cursor = herald_protocol::json::quote(&sub.cursor_text());
     Bytes::from(format!(",\"cursor\":{cursor}{end}"))
 }
 

@@ -31,7 +31,7 @@ impl Encode for SseEncoder {
                 let encoded = e.sse();
                 if sub.is_multi() {
                     // The id a client keeps must restore every topic.
-                    out.push_back(sse::encode_id_line(&sub.cursor().to_string()));
+                    out.push_back(sse::encode_id_line(&sub.cursor_text()));
                     out.push_back(encoded.without_id());
                 } else if let Some(comment) = &self.comment {
                     out.push_back(encoded.head());
@@ -62,9 +62,19 @@ pub fn headers(response: &mut Response) {
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
 }
 
-/// Answers with an SSE stream of `sub`.
+/// Answers with an SSE stream of `sub`. A stream over several topics
+/// starts by setting the client's last event id to its starting cursor, so
+/// even a reconnect before the first event resumes every topic exactly.
 pub fn respond(state: &AppState, sub: Subscription, encoder: SseEncoder) -> Response {
-    let body = streaming_body(sub, Transport::Sse, Some(state.sse_preamble()), encoder);
+    let first = if sub.is_multi() {
+        let mut first = state.sse_preamble().to_vec();
+        first.extend_from_slice(&sse::encode_id_line(&sub.cursor_text()));
+        first.push(b'\n');
+        bytes::Bytes::from(first)
+    } else {
+        state.sse_preamble()
+    };
+    let body = streaming_body(sub, Transport::Sse, Some(first), encoder);
     let mut response = body.into_response();
     headers(&mut response);
     response

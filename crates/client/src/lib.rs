@@ -1,0 +1,207 @@
+//! An async client for herald.
+//!
+//! - [`Client::publish`] and [`Client::publish_batch`] retry transient
+//!   failures with the same automatic idempotency key, so a retry never
+//!   publishes twice.
+//! - [`Client::subscribe`] returns a [`Stream`](futures_util::Stream) of
+//!   events over any transport that reconnects by itself, honours the
+//!   server's `retry:`, resumes from the last event it yielded, reports gaps
+//!   and never yields an event twice.
+//! - [`Client::enqueue`], [`Client::wait`] and [`Client::cancel`] for tasks,
+//!   and [`Worker`] to process them.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), herald_client::Error> {
+//! use futures_util::StreamExt;
+//! use herald_client::{Client, Cursor, Delivery, Transport};
+//!
+//! let client = Client::new("http://127.0.0.1:7171")?;
+//! let mut events = client.subscribe(&["news"], Cursor::Now, Transport::Sse);
+//! client.publish("news", "hello").await?;
+//! if let Some(Ok(Delivery::Event(e))) = events.next().await {
+//!     println!("{} {}", e.id, e.data);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+mod error;
+mod subscribe;
+mod tasks;
+mod worker;
+
+pub use error::Error;
+pub use subscribe::{Cursor, Delivery, Subscription, Transport};
+pub use tasks::{Payload, Task, Update, Wait, WaitOutcome};
+pub use worker::{Claimed, Failure, Progress, Worker};
+
+/// An event as subscribers receive it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Event {
+    pub id: String,
+    pub topic: String,
+    pub event: String,
+    pub data: String,
+    #[serde(default)]
+    pub time: String,
+}
+
+/// The server's answer to a publish.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Receipt {
+    pub id: String,
+    pub topic: String,
+    pub event: String,
+    pub time: String,
+    /// The publish was a retry the server had already stored.
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+/// One event of a batch publish.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BatchEvent {
+    pub topic: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// How often and how patiently a request is retried.
+const ATTEMPTS: u32 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A handle on one herald server; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    /// A client for the server at `base` (`http://host:port`).
+    pub fn new(base: impl Into<String>) -> Result<Client, Error> {
+        let base = base.into().trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::Url(format!(
+                "{base:?} must start with http:// or https://"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        Ok(Client { http, base })
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Publishes `data` to `topic` with the type `message`.
+    pub async fn publish(&self, topic: &str, data: impl Into<String>) -> Result<Receipt, Error> {
+        self.publish_as(topic, None, data).await
+    }
+
+    /// Publishes with an event type. Transient failures are retried with the
+    /// same idempotency key, so the event is stored at most once.
+    pub async fn publish_as(
+        &self,
+        topic: &str,
+        event: Option<&str>,
+        data: impl Into<String>,
+    ) -> Result<Receipt, Error> {
+        let data = data.into();
+        let key = uuid::Uuid::new_v4().to_string();
+        let mut url = self.url(&format!("/topics/{topic}"));
+        if let Some(event) = event {
+            url.push_str(&format!("?event={event}"));
+        }
+        retry(|| async {
+            let response = self
+                .http
+                .post(&url)
+                .header("idempotency-key", &key)
+                .body(data.clone())
+                .send()
+                .await?;
+            receipt(response).await
+        })
+        .await
+    }
+
+    /// Publishes several events at once, all or nothing, retried like
+    /// [`Client::publish_as`].
+    pub async fn publish_batch(&self, events: &[BatchEvent]) -> Result<Vec<Receipt>, Error> {
+        let mut body = String::new();
+        for e in events {
+            body.push_str(&serde_json::to_string(e).map_err(|e| Error::Decode(e.to_string()))?);
+            body.push('\n');
+        }
+        let key = uuid::Uuid::new_v4().to_string();
+        retry(|| async {
+            let response = self
+                .http
+                .post(self.url("/publish"))
+                .header("idempotency-key", &key)
+                .header("content-type", "application/x-ndjson")
+                .body(body.clone())
+                .send()
+                .await?;
+            if response.status().as_u16() != 201 {
+                return Err(error::from_response(response).await);
+            }
+            #[derive(Deserialize)]
+            struct Batch {
+                events: Vec<Receipt>,
+            }
+            Ok(response.json::<Batch>().await?.events)
+        })
+        .await
+    }
+}
+
+async fn receipt(response: reqwest::Response) -> Result<Receipt, Error> {
+    if response.status().as_u16() != 201 {
+        return Err(error::from_response(response).await);
+    }
+    let replayed = response.headers().contains_key("idempotent-replayed");
+    let mut r: Receipt = response.json().await?;
+    r.replayed = replayed;
+    Ok(r)
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or the attempts are
+/// spent, backing off between transient failures.
+pub(crate) async fn retry<T, F, Fut>(mut attempt: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut delay = FIRST_BACKOFF;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Err(e) if e.is_transient() && tries < ATTEMPTS => {
+                tracing::debug!(error = %e, "retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Tasks from the client's side: enqueue, look, cancel, and wait for the
+//! result by long poll, short poll or SSE — the three ways of the seed
+//! article, with a timeout as an outcome rather than an error.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use herald_protocol::sse::{Decoder, Frame};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::error::{self, Error};
+use crate::{Client, retry};
+
+/// A task payload or result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// Sent as `application/json`; comes back as JSON.
+    Json(serde_json::Value),
+    /// Sent as text; comes back as a string.
+    Text(String),
+}
+
+/// A task as the server reports it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub queue: String,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    pub payload: serde_json::Value,
+    pub progress: Option<f64>,
+    pub message: Option<String>,
+    /// Place in the queue while queued (1 = next).
+    pub position: Option<u64>,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+}
+
+impl Task {
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status.as_str(), "succeeded" | "failed" | "cancelled")
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.status == "succeeded"
+    }
+}
+
+/// How to wait for a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Long polls (`408` means "ask again") until the task finishes or `ttl`
+    /// has passed in all.
+    LongPoll { ttl: Duration },
+    /// Asks every `interval`, at most `max_attempts` times.
+    ShortPoll {
+        interval: Duration,
+        max_attempts: u32,
+    },
+    /// Follows the task's event stream, reconnecting as needed.
+    Sse,
+}
+
+/// How a wait ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WaitOutcome {
+    /// The task is finished (whatever its outcome: see [`Task::status`]).
+    Finished(Task),
+    /// The time or the attempts ran out first; the task as last seen.
+    TimedOut(Option<Task>),
+}
+
+/// News about a task while waiting.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// Its place in the queue (1 = next).
+    Position(u64),
+    /// Its worker's report.
+    Progress {
+        progress: Option<f64>,
+        message: Option<String>,
+    },
+}
+
+/// Calls `on_update` with what changed between two looks at a task.
+fn tell(last: &mut Option<Task>, now: &Task, on_update: &mut impl FnMut(Update)) {
+    let before = last.as_ref();
+    if let Some(p) = now.position
+        && before.and_then(|t| t.position) != Some(p)
+    {
+        on_update(Update::Position(p));
+    }
+    let moved = before.is_none_or(|t| t.progress != now.progress || t.message != now.message);
+    if now.status == "running" && moved && (now.progress.is_some() || now.message.is_some()) {
+        on_update(Update::Progress {
+            progress: now.progress,
+            message: now.message.clone(),
+        });
+    }
+    *last = Some(now.clone());
+}
+
+impl Client {
+    /// Enqueues a task; retried with the same automatic idempotency key, so
+    /// it is enqueued at most once.
+    pub async fn enqueue(&self, queue: &str, payload: Payload) -> Result<Task, Error> {
+        let key = uuid::Uuid::new_v4().to_string();
+        let url = self.url(&format!("/queues/{queue}/tasks"));
+        retry(|| async {
+            let request = self.http().post(&url).header("idempotency-key", &key);
+            let response = with_payload(request, &payload).send().await?;
+            if response.status().as_u16() != 201 {
+                return Err(error::from_response(response).await);
+            }
+            Ok(response.json().await?)
+        })
+        .await
+    }
+
+    /// The task as it is now (finished or not).
+    pub async fn task(&self, id: &str) -> Result<Task, Error> {
+        let response = self
+            .http()
+            .get(self.url(&format!("/tasks/{id}")))
+            .send()
+            .await?;
+        match response.status().as_u16() {
+            200 | 202 => Ok(response.json().await?),
+            _ => Err(error::from_response(response).await),
+        }
+    }
+
+    /// Cancels a task: at once if queued, at its worker's next call if
+    /// running. A finished task is an [`Error::Api`] with status `409`.
+    pub async fn cancel(&self, id: &str) -> Result<Task, Error> {
+        let response = self
+            .http()
+            .delete(self.url(&format!("/tasks/{id}")))
+            .send()
+            .await?;
+        match response.status().as_u16() {
+            200 | 202 => Ok(response.json().await?),
+            _ => Err(error::from_response(response).await),
+        }
+    }
+
+    /// Waits for task `id` to finish, telling `on_update` of its position
+    /// and progress on the way.
+    pub async fn wait(
+        &self,
+        id: &str,
+        how: Wait,
+        mut on_update: impl FnMut(Update),
+    ) -> Result<WaitOutcome, Error> {
+        match how {
+            Wait::LongPoll { ttl } => self.wait_long(id, ttl, &mut on_update).await,
+            Wait::ShortPoll {
+                interval,
+                max_attempts,
+            } => {
+                self.wait_short(id, interval, max_attempts, &mut on_update)
+                    .await
+            }
+            Wait::Sse => self.wait_sse(id, &mut on_update).await,
+        }
+    }
+
+    async fn wait_long(
+        &self,
+        id: &str,
+        ttl: Duration,
+        on_update: &mut impl FnMut(Update),
+    ) -> Result<WaitOutcome, Error> {
+        let deadline = Instant::now() + ttl;
+        let mut last = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let secs = left.min(Duration::from_secs(30)).as_secs_f64();
+            let url = self.url(&format!("/tasks/{id}?wait={secs:.3}"));
+            let response = self.http().get(url).send().await?;
+            match response.status().as_u16() {
+                200 => return Ok(WaitOutcome::Finished(response.json().await?)),
+                408 => {
+                    let task: Task = response.json().await?;
+                    tell(&mut last, &task, on_update);
+                    if Instant::now() >= deadline {
+                        return Ok(WaitOutcome::TimedOut(last));
+                    }
+                }
+                _ => return Err(error::from_response(response).await),
+            }
+        }
+    }
+
+    async fn wait_short(
+        &self,
+        id: &str,
+        interval: Duration,
+        max_attempts: u32,
+        on_update: &mut impl FnMut(Update),
+    ) -> Result<WaitOutcome, Error> {
+        let mut last = None;
+        for attempt in 0..max_attempts {
+            if attempt > 0 {
+                tokio::time::sleep(interval).await;
+            }
+            let task = self.task(id).await?;
+            if task.is_finished() {
+                return Ok(WaitOutcome::Finished(task));
+            }
+            tell(&mut last, &task, on_update);
+        }
+        Ok(WaitOutcome::TimedOut(last))
+    }
+
+    async fn wait_sse(
+        &self,
+        id: &str,
+        on_update: &mut impl FnMut(Update),
+    ) -> Result<WaitOutcome, Error> {
+        let mut cursor: Option<String> = None;
+        let mut retry_delay = Duration::from_secs(1);
+        let mut failures = 0;
+        loop {
+            let mut request = self
+                .http()
+                .get(self.url(&format!("/tasks/{id}/events")))
+                .header("accept", "text/event-stream");
+            if let Some(c) = &cursor {
+                request = request.header("last-event-id", c);
+            }
+            let response = match request.send().await {
+                Ok(r) => r,
+                Err(e) if failures < 10 => {
+                    failures += 1;
+                    tracing::debug!(error = %e, "task stream failed; reconnecting");
+                    tokio::time::sleep(retry_delay).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match response.status().as_u16() {
+                200 => {}
+                // The stream had ended at its final event.
+                204 => return Ok(WaitOutcome::Finished(self.task(id).await?)),
+                _ => return Err(error::from_response(response).await),
+            }
+            let mut body = response.bytes_stream();
+            let mut decoder = Decoder::new();
+            while let Some(chunk) = body.next().await {
+                let Ok(chunk) = chunk else { break };
+                failures = 0;
+                for frame in decoder.feed(&chunk) {
+                    match frame {
+                        Frame::Retry(ms) => retry_delay = Duration::from_millis(ms),
+                        Frame::Id(_) => {}
+                        Frame::Event {
+                            id: event_id,
+                            event,
+                            data,
+                        } => {
+                            cursor = event_id.or(cursor);
+                            match event.as_str() {
+                                "wait" => {
+                                    let p = serde_json::from_str::<serde_json::Value>(&data)
+                                        .ok()
+                                        .and_then(|v| {
+                                            v.get("position")
+                                                .and_then(|p| p.as_u64())
+                                                .or(v.as_u64())
+                                        });
+                                    if let Some(p) = p {
+                                        on_update(Update::Position(p));
+                                    }
+                                }
+                                "progress" => {
+                                    #[derive(Deserialize)]
+                                    struct P {
+                                        progress: Option<f64>,
+                                        message: Option<String>,
+                                    }
+                                    if let Ok(p) = serde_json::from_str::<P>(&data) {
+                                        on_update(Update::Progress {
+                                            progress: p.progress,
+                                            message: p.message,
+                                        });
+                                    }
+                                }
+                                "done" | "error" => {
+                                    let task = serde_json::from_str(&data)
+                                        .map_err(|e| Error::Decode(e.to_string()))?;
+                                    return Ok(WaitOutcome::Finished(task));
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(retry_delay).await;
+        }
+    }
+}
+
+/// Attaches a payload as a body, with `Content-Type: application/json` for
+/// JSON.
+pub(crate) fn with_payload(
+    request: reqwest::RequestBuilder,
+    payload: &Payload,
+) -> reqwest::RequestBuilder {
+    match payload {
+        Payload::Json(v) => request
+            .header("content-type", "application/json")
+            .body(v.to_string()),
+        Payload::Text(t) => request
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(t.clone()),
+    }
+}

@@ -1,0 +1,290 @@
+//! Workers: claim tasks by long poll, report progress, complete or fail —
+//! several at once, stopping gracefully.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::Client;
+use crate::error::{self, Error};
+use crate::tasks::{Payload, Task, with_payload};
+
+/// A task this worker holds, with the lease that proves it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub task: Task,
+    /// Sent back as `Herald-Lease` with every report.
+    pub token: String,
+    /// When the lease runs out unless progress is reported (RFC 3339).
+    pub expires: String,
+}
+
+/// Why a task failed, and whether it should be tried again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub error: String,
+    /// Queue it again if attempts are left.
+    pub retry: bool,
+}
+
+impl Failure {
+    pub fn new(error: impl Into<String>, retry: bool) -> Failure {
+        Failure {
+            error: error.into(),
+            retry,
+        }
+    }
+}
+
+/// Lets a task handler report progress (which also extends its lease).
+#[derive(Debug, Clone)]
+pub struct Progress {
+    client: Client,
+    id: String,
+    token: String,
+}
+
+impl Progress {
+    /// Reports progress (0–1) and a message.
+    pub async fn report(&self, progress: Option<f64>, message: Option<&str>) -> Result<(), Error> {
+        self.client
+            .post_report(
+                &self.id,
+                &self.token,
+                "progress",
+                serde_json::json!({ "progress": progress, "message": message }),
+            )
+            .await
+            .map(drop)
+    }
+}
+
+impl Client {
+    /// Claims the oldest task of `queue`, waiting up to `wait`; `None` if
+    /// none came.
+    pub async fn claim(
+        &self,
+        queue: &str,
+        wait: Duration,
+        lease: Duration,
+    ) -> Result<Option<Claimed>, Error> {
+        let url = self.url(&format!(
+            "/queues/{queue}/claim?wait={:.3}&lease={:.3}",
+            wait.as_secs_f64(),
+            lease.as_secs_f64().max(0.001)
+        ));
+        let response = self.http().post(url).send().await?;
+        match response.status().as_u16() {
+            204 => Ok(None),
+            200 => {
+                #[derive(Deserialize)]
+                struct Lease {
+                    expires: String,
+                    token: String,
+                }
+                #[derive(Deserialize)]
+                struct Answer {
+                    task: Task,
+                    lease: Lease,
+                }
+                let a: Answer = response.json().await?;
+                Ok(Some(Claimed {
+                    task: a.task,
+                    token: a.lease.token,
+                    expires: a.lease.expires,
+                }))
+            }
+            _ => Err(error::from_response(response).await),
+        }
+    }
+
+    async fn post_report(
+        &self,
+        id: &str,
+        token: &str,
+        what: &str,
+        body: serde_json::Value,
+    ) -> Result<Task, Error> {
+        let response = self
+            .http()
+            .post(self.url(&format!("/tasks/{id}/{what}")))
+            .header("herald-lease", token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        if response.status().as_u16() != 200 {
+            return Err(error::from_response(response).await);
+        }
+        Ok(response.json().await?)
+    }
+
+    /// Reports progress on a claimed task.
+    pub async fn progress(
+        &self,
+        claimed: &Claimed,
+        progress: Option<f64>,
+        message: Option<&str>,
+    ) -> Result<Task, Error> {
+        let body = serde_json::json!({ "progress": progress, "message": message });
+        self.post_report(&claimed.task.id, &claimed.token, "progress", body)
+            .await
+    }
+
+    /// Completes a claimed task with its result.
+    pub async fn complete(&self, claimed: &Claimed, result: &Payload) -> Result<Task, Error> {
+        let request = self
+            .http()
+            .post(self.url(&format!("/tasks/{}/complete", claimed.task.id)))
+            .header("herald-lease", &claimed.token);
+        let response = with_payload(request, result).send().await?;
+        if response.status().as_u16() != 200 {
+            return Err(error::from_response(response).await);
+        }
+        Ok(response.json().await?)
+    }
+
+    /// Fails a claimed task; with `retry` it is queued again if attempts are
+    /// left.
+    pub async fn fail(&self, claimed: &Claimed, failure: &Failure) -> Result<Task, Error> {
+        let body = serde_json::json!({ "error": failure.error, "retry": failure.retry });
+        self.post_report(&claimed.task.id, &claimed.token, "fail", body)
+            .await
+    }
+}
+
+/// Runs a handler over the tasks of one queue.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), herald_client::Error> {
+/// use herald_client::{Client, Payload, Worker};
+///
+/// let client = Client::new("http://127.0.0.1:7171")?;
+/// Worker::new(client, "images")
+///     .concurrency(4)
+///     .run(
+///         |task, progress| async move {
+///             progress.report(Some(0.5), Some("halfway")).await.ok();
+///             Ok(Payload::Text(format!("done: {}", task.payload)))
+///         },
+///         async { tokio::signal::ctrl_c().await.ok(); },
+///     )
+///     .await
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Worker {
+    client: Client,
+    queue: String,
+    concurrency: usize,
+    lease: Duration,
+    wait: Duration,
+}
+
+impl Worker {
+    pub fn new(client: Client, queue: impl Into<String>) -> Worker {
+        Worker {
+            client,
+            queue: queue.into(),
+            concurrency: 1,
+            lease: Duration::from_secs(30),
+            wait: Duration::from_secs(30),
+        }
+    }
+
+    /// How many tasks run at once (each its own claim loop).
+    pub fn concurrency(mut self, n: usize) -> Worker {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// The lease asked for with each claim; report progress more often.
+    pub fn lease(mut self, lease: Duration) -> Worker {
+        self.lease = lease;
+        self
+    }
+
+    /// How long each claim waits for work.
+    pub fn claim_wait(mut self, wait: Duration) -> Worker {
+        self.wait = wait;
+        self
+    }
+
+    /// Claims and handles tasks until `shutdown` resolves; then stops
+    /// claiming, lets running handlers finish and reports them, and returns.
+    /// `Ok(result)` completes a task; `Err(failure)` fails it.
+    pub async fn run<F, Fut>(
+        self,
+        handler: F,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), Error>
+    where
+        F: Fn(Task, Progress) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Payload, Failure>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut loops = JoinSet::new();
+        for _ in 0..self.concurrency {
+            loops.spawn(claim_loop(
+                self.clone(),
+                Arc::clone(&handler),
+                stop_rx.clone(),
+            ));
+        }
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        while let Some(done) = loops.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "a worker loop panicked");
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn claim_loop<F, Fut>(worker: Worker, handler: Arc<F>, mut stop: watch::Receiver<bool>)
+where
+    F: Fn(Task, Progress) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Payload, Failure>> + Send + 'static,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let claimed = tokio::select! {
+            c = worker.client.claim(&worker.queue, worker.wait, worker.lease) => c,
+            _ = stop.changed() => return,
+        };
+        let claimed = match claimed {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let progress = Progress {
+            client: worker.client.clone(),
+            id: claimed.task.id.clone(),
+            token: claimed.token.clone(),
+        };
+        let outcome = handler(claimed.task.clone(), progress).await;
+        let reported = match outcome {
+            Ok(result) => worker.client.complete(&claimed, &result).await,
+            Err(failure) => worker.client.fail(&claimed, &failure).await,
+        };
+        if let Err(e) = reported {
+            // 409: the lease was lost or the task cancelled; nothing to do.
+            tracing::warn!(task = %claimed.task.id, error = %e, "reporting the outcome failed");
+        }
+    }
+}
