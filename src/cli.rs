@@ -13,8 +13,25 @@ use herald_server::ServerConfig;
 /// herald: a server-push hub — short poll, long poll, HTTP streaming,
 /// Server-Sent Events and WebSocket over one event model.
 #[derive(Debug, Parser)]
-#[command(name = "herald", version, about, long_about = None)]
+#[command(
+    name = "herald",
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:\n  herald serve\n  herald sub news\n  herald pub news 'hello'\n  herald task submit images '{\"url\":\"cat.png\"}' --wait"
+)]
 pub struct Cli {
+    /// The server to talk to (client commands).
+    #[arg(
+        long,
+        global = true,
+        env = "HERALD_URL",
+        default_value = "http://127.0.0.1:7171"
+    )]
+    pub url: String,
+    /// Print JSON, one object per line, instead of human output.
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -22,9 +39,142 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
-    ///
-    /// Example: herald serve --listen 0.0.0.0:7171 --retention-events 10000 --keepalive 20s
+    #[command(
+        after_help = "Example:\n  herald serve --listen 0.0.0.0:7171 --retention-events 10000 --keepalive 20s"
+    )]
     Serve(ServeArgs),
+    /// Publish one event to a topic; prints its id.
+    #[command(
+        name = "pub",
+        after_help = "Examples:\n  herald pub news 'hello, world'\n  echo '{\"price\":42}' | herald pub prices - --event update\n  herald pub news hi --json"
+    )]
+    Publish(PublishArgs),
+    /// Follow topics and print their events as they come (Ctrl-C stops).
+    #[command(
+        name = "sub",
+        after_help = "Examples:\n  herald sub news\n  herald sub news sport --via ws --since all\n  herald sub news --json --count 10"
+    )]
+    Subscribe(SubscribeArgs),
+    /// Tasks: submit, look, cancel, and run workers.
+    #[command(subcommand)]
+    Task(TaskCommand),
+}
+
+/// `herald pub`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The topic.
+    pub topic: String,
+    /// The event's data; `-` or nothing reads it from standard input.
+    pub data: Option<String>,
+    /// The event type (default `message`).
+    #[arg(long)]
+    pub event: Option<String>,
+}
+
+/// How to receive events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    Sse,
+    Ws,
+    Stream,
+    LongPoll,
+    Poll,
+}
+
+/// `herald sub`.
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    /// One or more topics.
+    #[arg(required = true)]
+    pub topics: Vec<String>,
+    /// The transport.
+    #[arg(long, value_enum, default_value = "sse")]
+    pub via: Via,
+    /// Where to start: `now`, `all`, or a cursor (an event id).
+    #[arg(long, default_value = "now")]
+    pub since: String,
+    /// Exit after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+/// `herald task …`.
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Enqueue a task; with --wait, wait for it and print its result.
+    ///
+    /// Exit codes with --wait: 0 succeeded, 1 failed or cancelled, 124 timed out.
+    #[command(
+        after_help = "Examples:\n  herald task submit images '{\"url\":\"cat.png\"}'\n  herald task submit images '{\"url\":\"cat.png\"}' --wait --via long-poll --timeout 2m\n  cat job.json | herald task submit reports - --wait"
+    )]
+    Submit(SubmitArgs),
+    /// Show a task.
+    #[command(
+        after_help = "Example:\n  herald task status 01a2f3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b --json"
+    )]
+    Status {
+        /// The task id.
+        id: String,
+    },
+    /// Cancel a task (at once if queued, at its worker's next call if running).
+    #[command(after_help = "Example:\n  herald task cancel 01a2f3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b")]
+    Cancel {
+        /// The task id.
+        id: String,
+    },
+    /// Run COMMAND once per task of QUEUE: the payload on its stdin, its
+    /// stdout is the result, `progress 0.4 message` lines on its stderr are
+    /// progress reports, a non-zero exit fails the task (retried while
+    /// attempts are left). Ctrl-C stops after the running tasks.
+    #[command(
+        after_help = "Example:\n  herald task work images --concurrency 4 -- ./resize.sh --width 200"
+    )]
+    Work(WorkArgs),
+}
+
+/// How to wait for a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WaitVia {
+    Sse,
+    Ws,
+    LongPoll,
+    Poll,
+}
+
+/// `herald task submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The queue.
+    pub queue: String,
+    /// The payload (sent as JSON when it parses as JSON); `-` or nothing
+    /// reads it from standard input.
+    pub payload: Option<String>,
+    /// Wait for the task to finish and print its result.
+    #[arg(long)]
+    pub wait: bool,
+    /// How to wait.
+    #[arg(long, value_enum, default_value = "sse")]
+    pub via: WaitVia,
+    /// Give up waiting after this long (e.g. 30s, 5m).
+    #[arg(long)]
+    pub timeout: Option<String>,
+}
+
+/// `herald task work`.
+#[derive(Debug, Args)]
+pub struct WorkArgs {
+    /// The queue to take tasks from.
+    pub queue: String,
+    /// Tasks run at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// The lease asked for with each claim; a progress line extends it.
+    #[arg(long, default_value = "60s")]
+    pub lease: String,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 /// Flags of `herald serve`. Durations are written like `500ms`, `15s`, `2h`.
@@ -173,8 +323,40 @@ mod tests {
     fn parse(args: &[&str]) -> anyhow::Result<ServeConfig> {
         let mut argv = vec!["herald", "serve"];
         argv.extend_from_slice(args);
-        let Command::Serve(serve) = Cli::try_parse_from(argv)?.command;
-        serve.validate()
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(serve) => serve.validate(),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn client_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "herald",
+            "task",
+            "work",
+            "q",
+            "--concurrency",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            "cat",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Task(TaskCommand::Work(w)) => {
+                assert_eq!(w.command, ["sh", "-c", "cat"]);
+                assert_eq!(w.concurrency, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["herald", "sub", "a", "b", "--via", "long-poll", "--json"])
+            .unwrap();
+        assert!(cli.json);
+        assert!(
+            matches!(cli.command, Command::Subscribe(ref s) if s.via == Via::LongPoll && s.topics.len() == 2)
+        );
     }
 
     #[test]

@@ -1,55 +1,52 @@
-//! The `herald` binary: flags in, server out.
+//! The `herald` binary: the server (`herald serve`) and the command line
+//! for people and scripts (`herald pub`, `sub`, `task …`).
 
-use std::sync::Arc;
+use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
-use herald_core::Hub;
-use herald_core::fanout::Fanout;
-use herald_core::heartbeat::Heartbeat;
-use herald_core::store::Store;
-use herald_core::store::memory::MemoryStore;
-use herald_core::store::sqlite::{SqliteConfig, SqliteStore};
-use herald_core::task::TaskStore;
-use herald_core::task::engine::Tasks;
-use herald_server::{AppState, describe_metrics};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 mod cli;
+mod cmd;
+mod serve;
 
-use cli::{Cli, Command, ServeConfig, StoreChoice};
+use cli::{Cli, Command};
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // One clear line with every cause, not a backtrace.
             eprintln!("herald: error: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-fn run() -> anyhow::Result<()> {
+fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))?;
     match cli.command {
         Command::Serve(args) => {
             let config = args.validate()?;
-            init_logs(config.json_logs);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            runtime.block_on(serve(config))
+            init_logs(config.json_logs, "info");
+            runtime.block_on(serve::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        command => {
+            init_logs(false, "warn");
+            let client = herald_client::Client::new(cli.url.clone())?;
+            let out = cmd::Output { json: cli.json };
+            runtime.block_on(cmd::run(client, out, command))
         }
     }
 }
 
-fn init_logs(json: bool) {
+fn init_logs(json: bool, default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -57,92 +54,5 @@ fn init_logs(json: bool) {
         builder.json().init();
     } else {
         builder.init();
-    }
-}
-
-fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the metrics recorder")?;
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            every.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-    describe_metrics();
-    Ok(handle)
-}
-
-async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    // Every subscriber holds a socket: allow as many as the hard limit does.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
-        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
-    }
-    let metrics = install_metrics()?;
-    let shutdown = CancellationToken::new();
-    let fanout = Fanout::new(config.subscriber_buffer);
-    let (store, task_store): (Arc<dyn Store>, Arc<dyn TaskStore>) = match &config.store {
-        StoreChoice::Memory => {
-            let memory = MemoryStore::new(config.retention, fanout);
-            (memory.clone(), memory)
-        }
-        StoreChoice::File { dir, max_bytes } => {
-            let sqlite = SqliteConfig {
-                dir: dir.clone(),
-                retention: config.retention,
-                max_bytes: *max_bytes,
-            };
-            let sqlite = SqliteStore::open(sqlite, fanout).context("opening the embedded store")?;
-            (sqlite.clone(), sqlite)
-        }
-    };
-    tracing::info!(store = %store.describe(), "store ready");
-    let heartbeat = Heartbeat::start(config.hub.keepalive, shutdown.clone());
-    let hub = Hub::new(
-        Arc::clone(&store) as Arc<dyn Store>,
-        config.hub.clone(),
-        heartbeat,
-    );
-    let tasks = Tasks::start(task_store, hub)
-        .await
-        .context("reading the task queue")?;
-    let state = AppState::new(tasks, config.server.clone(), Some(metrics));
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let addr = listener.local_addr().context("reading the bound address")?;
-    tracing::info!(%addr, "listening");
-    // One plain line on stdout, for scripts and tests that asked for port 0.
-    println!("herald listening on http://{addr}");
-    herald_server::serve(listener, state, stop_signal()).await?;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn stop_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT: shutting down"),
-        () = term => tracing::info!("SIGTERM: shutting down"),
     }
 }

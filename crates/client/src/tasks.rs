@@ -62,6 +62,8 @@ pub enum Wait {
     },
     /// Follows the task's event stream, reconnecting as needed.
     Sse,
+    /// Follows the task's events over a WebSocket.
+    WebSocket,
 }
 
 /// How a wait ended.
@@ -165,6 +167,56 @@ impl Client {
                     .await
             }
             Wait::Sse => self.wait_sse(id, &mut on_update).await,
+            Wait::WebSocket => self.wait_ws(id, &mut on_update).await,
+        }
+    }
+
+    async fn wait_ws(
+        &self,
+        id: &str,
+        on_update: &mut impl FnMut(Update),
+    ) -> Result<WaitOutcome, Error> {
+        use tokio_tungstenite::tungstenite::Message;
+        let url = self
+            .url(&format!("/tasks/{id}/events"))
+            .replacen("http", "ws", 1);
+        loop {
+            let (mut socket, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
+                Ok(s) => s,
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                    let status = r.status().as_u16();
+                    if status == 204 {
+                        return Ok(WaitOutcome::Finished(self.task(id).await?));
+                    }
+                    let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default())
+                        .into_owned();
+                    return Err(Error::Unexpected { status, body });
+                }
+                Err(e) => return Err(Error::Transport(e.to_string())),
+            };
+            while let Some(message) = socket.next().await {
+                let Ok(Message::Text(text)) = message else {
+                    continue;
+                };
+                let Ok(frame) = serde_json::from_str::<serde_json::Value>(&text) else {
+                    continue;
+                };
+                let data = frame["data"].as_str().unwrap_or_default();
+                match frame["event"].as_str().unwrap_or_default() {
+                    "done" | "error" => {
+                        let task =
+                            serde_json::from_str(data).map_err(|e| Error::Decode(e.to_string()))?;
+                        return Ok(WaitOutcome::Finished(task));
+                    }
+                    other => event_update(other, data, on_update),
+                }
+            }
+            // The socket closed before the end: look again, then follow on.
+            let task = self.task(id).await?;
+            if task.is_finished() {
+                return Ok(WaitOutcome::Finished(task));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
@@ -264,37 +316,12 @@ impl Client {
                         } => {
                             cursor = event_id.or(cursor);
                             match event.as_str() {
-                                "wait" => {
-                                    let p = serde_json::from_str::<serde_json::Value>(&data)
-                                        .ok()
-                                        .and_then(|v| {
-                                            v.get("position")
-                                                .and_then(|p| p.as_u64())
-                                                .or(v.as_u64())
-                                        });
-                                    if let Some(p) = p {
-                                        on_update(Update::Position(p));
-                                    }
-                                }
-                                "progress" => {
-                                    #[derive(Deserialize)]
-                                    struct P {
-                                        progress: Option<f64>,
-                                        message: Option<String>,
-                                    }
-                                    if let Ok(p) = serde_json::from_str::<P>(&data) {
-                                        on_update(Update::Progress {
-                                            progress: p.progress,
-                                            message: p.message,
-                                        });
-                                    }
-                                }
                                 "done" | "error" => {
                                     let task = serde_json::from_str(&data)
                                         .map_err(|e| Error::Decode(e.to_string()))?;
                                     return Ok(WaitOutcome::Finished(task));
                                 }
-                                _ => {}
+                                other => event_update(other, &data, on_update),
                             }
                         }
                     }
@@ -302,6 +329,37 @@ impl Client {
             }
             tokio::time::sleep(retry_delay).await;
         }
+    }
+}
+
+/// Turns a `wait` or `progress` event into an [`Update`].
+fn event_update(event: &str, data: &str, on_update: &mut impl FnMut(Update)) {
+    match event {
+        "wait" => {
+            let v = serde_json::from_str::<serde_json::Value>(data).ok();
+            let p = v.and_then(|v| {
+                v.get("position")
+                    .and_then(serde_json::Value::as_u64)
+                    .or(v.as_u64())
+            });
+            if let Some(p) = p {
+                on_update(Update::Position(p));
+            }
+        }
+        "progress" => {
+            #[derive(Deserialize)]
+            struct P {
+                progress: Option<f64>,
+                message: Option<String>,
+            }
+            if let Ok(p) = serde_json::from_str::<P>(data) {
+                on_update(Update::Progress {
+                    progress: p.progress,
+                    message: p.message,
+                });
+            }
+        }
+        _ => {}
     }
 }
 

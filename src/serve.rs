@@ -1,0 +1,107 @@
+//! `herald serve`: build the store, the hub and the task engine, then serve
+//! HTTP until SIGINT or SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use herald_core::Hub;
+use herald_core::fanout::Fanout;
+use herald_core::heartbeat::Heartbeat;
+use herald_core::store::Store;
+use herald_core::store::memory::MemoryStore;
+use herald_core::store::sqlite::{SqliteConfig, SqliteStore};
+use herald_core::task::TaskStore;
+use herald_core::task::engine::Tasks;
+use herald_server::{AppState, describe_metrics};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{ServeConfig, StoreChoice};
+
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    describe_metrics();
+    Ok(handle)
+}
+
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    // Every subscriber holds a socket: allow as many as the hard limit does.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+    let metrics = install_metrics()?;
+    let shutdown = CancellationToken::new();
+    let fanout = Fanout::new(config.subscriber_buffer);
+    let (store, task_store): (Arc<dyn Store>, Arc<dyn TaskStore>) = match &config.store {
+        StoreChoice::Memory => {
+            let memory = MemoryStore::new(config.retention, fanout);
+            (memory.clone(), memory)
+        }
+        StoreChoice::File { dir, max_bytes } => {
+            let sqlite = SqliteConfig {
+                dir: dir.clone(),
+                retention: config.retention,
+                max_bytes: *max_bytes,
+            };
+            let sqlite = SqliteStore::open(sqlite, fanout).context("opening the embedded store")?;
+            (sqlite.clone(), sqlite)
+        }
+    };
+    tracing::info!(store = %store.describe(), "store ready");
+    let heartbeat = Heartbeat::start(config.hub.keepalive, shutdown.clone());
+    let hub = Hub::new(
+        Arc::clone(&store) as Arc<dyn Store>,
+        config.hub.clone(),
+        heartbeat,
+    );
+    let tasks = Tasks::start(task_store, hub)
+        .await
+        .context("reading the task queue")?;
+    let state = AppState::new(tasks, config.server.clone(), Some(metrics));
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(%addr, "listening");
+    // One plain line on stdout, for scripts and tests that asked for port 0.
+    println!("herald listening on http://{addr}");
+    herald_server::serve(listener, state, stop_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT: shutting down"),
+        () = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}
