@@ -112,6 +112,15 @@ impl Client {
     }
 
     /// Publishes `data` to `topic` with the type `message`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), herald_client::Error> {
+    /// let client = herald_client::Client::new("http://127.0.0.1:7171")?;
+    /// let receipt = client.publish("news", "hello").await?;
+    /// println!("stored as {}", receipt.id);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn publish(&self, topic: &str, data: impl Into<String>) -> Result<Receipt, Error> {
         self.publish_as(topic, None, data).await
     }
@@ -145,6 +154,20 @@ impl Client {
 
     /// Publishes several events at once, all or nothing, retried like
     /// [`Client::publish_as`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), herald_client::Error> {
+    /// use herald_client::{BatchEvent, Client};
+    /// let client = Client::new("http://127.0.0.1:7171")?;
+    /// let events = [
+    ///     BatchEvent { topic: "a".into(), event: None, data: "1".into() },
+    ///     BatchEvent { topic: "b".into(), event: Some("note".into()), data: "2".into() },
+    /// ];
+    /// let receipts = client.publish_batch(&events).await?;
+    /// assert_eq!(receipts.len(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn publish_batch(&self, events: &[BatchEvent]) -> Result<Vec<Receipt>, Error> {
         let mut body = String::new();
         for e in events {

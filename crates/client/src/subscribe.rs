@@ -95,6 +95,22 @@ impl Client {
     /// Follows `topics` from `cursor` by `transport`. The stream ends only
     /// when the server refuses the subscription for good (a `4xx`), after
     /// yielding that error.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), herald_client::Error> {
+    /// use futures_util::StreamExt;
+    /// use herald_client::{Client, Cursor, Delivery, Transport};
+    /// let client = Client::new("http://127.0.0.1:7171")?;
+    /// let mut events = client.subscribe(&["news", "sport"], Cursor::All, Transport::WebSocket);
+    /// while let Some(item) = events.next().await {
+    ///     match item? {
+    ///         Delivery::Event(e) => println!("{} {}: {}", e.topic, e.id, e.data),
+    ///         Delivery::Gap { topic, .. } => eprintln!("missed some of {topic}"),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn subscribe(&self, topics: &[&str], cursor: Cursor, transport: Transport) -> Subscription {
         let (tx, rx) = mpsc::channel(256);
         let state = Follow {

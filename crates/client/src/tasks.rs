@@ -151,6 +151,22 @@ impl Client {
 
     /// Waits for task `id` to finish, telling `on_update` of its position
     /// and progress on the way.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), herald_client::Error> {
+    /// use std::time::Duration;
+    /// use herald_client::{Client, Payload, Wait, WaitOutcome};
+    /// let client = Client::new("http://127.0.0.1:7171")?;
+    /// let task = client.enqueue("images", Payload::Json(serde_json::json!({"url": "cat.png"}))).await?;
+    /// let how = Wait::LongPoll { ttl: Duration::from_secs(60) };
+    /// match client.wait(&task.id, how, |update| println!("{update:?}")).await? {
+    ///     WaitOutcome::Finished(t) if t.succeeded() => println!("result: {:?}", t.result),
+    ///     WaitOutcome::Finished(t) => println!("{}: {:?}", t.status, t.error),
+    ///     WaitOutcome::TimedOut(_) => println!("still not done"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn wait(
         &self,
         id: &str,
