@@ -79,6 +79,11 @@ impl Fanout {
         self.lock().keys().cloned().collect()
     }
 
+    /// Whether `topic` has subscribers on this node.
+    pub fn is_watched(&self, topic: &Topic) -> bool {
+        self.lock().contains_key(topic)
+    }
+
     /// How many topics have subscribers on this node.
     pub fn len(&self) -> usize {
         self.lock().len()

@@ -17,6 +17,7 @@ use crate::name::{EventType, Topic};
 
 pub mod memory;
 pub mod metered;
+pub mod redis;
 pub mod sqlite;
 
 #[cfg(any(test, feature = "contract-tests"))]

@@ -20,7 +20,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Cancel, NewTask, Op, Status, Task, TaskError, TaskId, TaskStore};
+use super::{Cancel, NewTask, Op, QueueSignal, Status, Task, TaskError, TaskId, TaskStore};
 use crate::event::now_ms;
 use crate::hub::Hub;
 use crate::name::Topic;
@@ -41,6 +41,9 @@ struct Inner {
     /// Wakes the reaper when a lease that may end sooner was handed out.
     reaper: Notify,
     shutdown: CancellationToken,
+    /// Queue signals come from the store (shared by several nodes) rather
+    /// than from this node's own operations.
+    remote: bool,
 }
 
 /// A cheap, clonable handle on the task engine.
@@ -92,6 +95,7 @@ impl Tasks {
             gauge(&queue, status).set(n as f64);
         }
         let shutdown = hub.heartbeat().shutdown().clone();
+        let remote = store.signals();
         let tasks = Tasks {
             inner: Arc::new(Inner {
                 store,
@@ -99,9 +103,13 @@ impl Tasks {
                 queues: Mutex::new(HashMap::new()),
                 reaper: Notify::new(),
                 shutdown,
+                remote: remote.is_some(),
             }),
         };
         tokio::spawn(reap(tasks.clone()));
+        if let Some(rx) = remote {
+            tokio::spawn(listen(tasks.clone(), rx));
+        }
         Ok(tasks)
     }
 
@@ -121,6 +129,11 @@ impl Tasks {
 
     /// Tells the queue what happened to one of its tasks.
     fn signal(&self, before: Option<Status>, task: &Task) {
+        moved(before, task);
+        if self.inner.remote {
+            // Every node, this one included, hears it from the store.
+            return;
+        }
         let q = self.signals(&task.queue);
         if task.status == Status::Queued && before != Some(Status::Queued) {
             q.work.notify_one();
@@ -128,7 +141,26 @@ impl Tasks {
         if before == Some(Status::Queued) || (task.status == Status::Queued && before.is_some()) {
             q.moved.send_modify(|n| *n += 1);
         }
-        moved(before, task);
+    }
+
+    /// Applies a signal from the shared store.
+    fn remote_signal(&self, signal: &QueueSignal) {
+        let queues: Vec<Arc<QueueSignals>> = if signal.queue.is_empty() {
+            let all = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
+            all.values().cloned().collect()
+        } else {
+            vec![self.signals(&signal.queue)]
+        };
+        for q in queues {
+            if signal.work && !signal.queue.is_empty() {
+                q.work.notify_one();
+            } else if signal.work {
+                q.work.notify_waiters();
+            }
+            q.moved.send_modify(|n| *n += 1);
+        }
+        // A claim on another node may have set a sooner lease deadline.
+        self.inner.reaper.notify_one();
     }
 
     /// Enqueues a task; `true` when an earlier one with the same
@@ -209,6 +241,22 @@ impl Tasks {
     /// A receiver that changes whenever positions in `queue` may have moved.
     pub fn positions(&self, queue: &str) -> watch::Receiver<u64> {
         self.signals(queue).moved.subscribe()
+    }
+}
+
+/// Forwards the shared store's queue signals to this node's waiters.
+async fn listen(tasks: Tasks, mut rx: tokio::sync::broadcast::Receiver<QueueSignal>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        tokio::select! {
+            signal = rx.recv() => match signal {
+                Ok(s) => tasks.remote_signal(&s),
+                // Missed some: wake everyone, they look for themselves.
+                Err(RecvError::Lagged(_)) => tasks.remote_signal(&QueueSignal { queue: String::new(), work: true }),
+                Err(RecvError::Closed) => return,
+            },
+            () = tasks.inner.shutdown.cancelled() => return,
+        }
     }
 }
 

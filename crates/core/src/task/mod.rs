@@ -33,7 +33,7 @@ mod store;
 pub mod contract;
 
 pub use machine::Cancel;
-pub use store::{Op, TaskStore, Updated};
+pub use store::{Op, QueueSignal, TaskStore, Updated};
 
 /// A task's id: a UUID (v7, so ids sort by creation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! The storage trait for tasks.
 
 use async_trait::async_trait;
+use tokio::sync::broadcast;
 
 use super::machine::{self, Cancel, Decision};
 use super::{NewTask, Payload, Status, Task, TaskError, TaskId};
@@ -53,6 +54,15 @@ impl Op {
             Op::Cancel => machine::cancel(task, now),
         }
     }
+}
+
+/// Something happened in a queue on some node of a shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSignal {
+    /// The queue; empty means "every queue" (after a lost connection).
+    pub queue: String,
+    /// A task became claimable (else: positions may have moved).
+    pub work: bool,
 }
 
 /// The outcome of [`TaskStore::update`].
@@ -108,4 +118,10 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// How many tasks each queue holds in each status.
     async fn counts(&self) -> Result<Vec<(String, Status, u64)>, TaskError>;
+
+    /// For stores shared by several nodes: queue signals from every node
+    /// (this one included), which then replace the engine's local ones.
+    fn signals(&self) -> Option<broadcast::Receiver<QueueSignal>> {
+        None
+    }
 }

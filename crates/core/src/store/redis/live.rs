@@ -1,0 +1,136 @@
+//! The node's live feed from Redis: one Pub/Sub connection for the whole
+//! node, carrying every stored event (`herald:events`) and every queue
+//! signal (`herald:signals`).
+//!
+//! Pub/Sub does not keep messages for a connection that is gone, so after a
+//! reconnect the node re-reads, from the streams, every topic it serves
+//! after the last event it handed out; subscribers drop the copies they
+//! already have by id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::{RedisStore, parse_id};
+use crate::event::{Event, EventId};
+use crate::name::{EventType, Topic};
+use crate::store::{ReadFrom, Store};
+
+pub use crate::task::QueueSignal;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Opens the node's Pub/Sub connection and subscribes to both channels.
+pub async fn open(client: &redis::Client) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe("herald:events").await?;
+    pubsub.subscribe("herald:signals").await?;
+    Ok(pubsub)
+}
+
+/// Runs the feed from `first` (already subscribed, so nothing stored after
+/// the store was opened is missed), reconnecting whenever it is lost.
+pub async fn run(store: Weak<RedisStore>, first: redis::aio::PubSub) {
+    let mut last_sent: HashMap<Topic, EventId> = HashMap::new();
+    let mut backoff = Duration::from_millis(100);
+    let mut connected_before = false;
+    let mut first = Some(first);
+    loop {
+        let Some(client) = store.upgrade().map(|s| s.client.clone()) else {
+            return;
+        };
+        let pubsub = match first.take() {
+            Some(p) => Ok(p),
+            None => open(&client).await,
+        };
+        match pubsub {
+            Ok(pubsub) => {
+                if connected_before {
+                    tracing::info!("redis live feed is back; catching up");
+                    let Some(s) = store.upgrade() else { return };
+                    resync(&s, &mut last_sent).await;
+                }
+                connected_before = true;
+                backoff = Duration::from_millis(100);
+                let mut messages = pubsub.into_on_message();
+                while let Some(msg) = messages.next().await {
+                    let Some(s) = store.upgrade() else { return };
+                    match msg.get_channel_name() {
+                        "herald:events" => on_event(&s, msg.get_payload_bytes(), &mut last_sent),
+                        "herald:signals" => on_signal(&s, msg.get_payload_bytes()),
+                        _ => {}
+                    }
+                }
+                tracing::warn!("redis live feed lost; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, "redis live feed unavailable; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn on_event(store: &RedisStore, payload: &[u8], last_sent: &mut HashMap<Topic, EventId>) {
+    let Ok((topic, id, kind, data)) =
+        serde_json::from_slice::<(String, String, String, String)>(payload)
+    else {
+        tracing::warn!("a malformed message on herald:events was ignored");
+        return;
+    };
+    let (Ok(topic), Ok(id)) = (Topic::new(&topic), parse_id(&id)) else {
+        return;
+    };
+    if !store.fanout.is_watched(&topic) {
+        last_sent.remove(&topic);
+        return;
+    }
+    let kind = EventType::new(&kind).unwrap_or_else(|_| EventType::message());
+    last_sent.insert(topic.clone(), id);
+    store
+        .fanout
+        .send(&[Arc::new(Event::new(id, topic, kind, data))]);
+}
+
+fn on_signal(store: &RedisStore, payload: &[u8]) {
+    let text = String::from_utf8_lossy(payload);
+    let Some((kind, queue)) = text.split_once('|') else {
+        return;
+    };
+    // No receiver only means no task engine listens yet.
+    let _ = store.signals.send(QueueSignal {
+        queue: queue.to_owned(),
+        work: kind == "work",
+    });
+}
+
+/// Hands out, for every topic this node serves, what was stored while the
+/// feed was down.
+async fn resync(store: &RedisStore, last_sent: &mut HashMap<Topic, EventId>) {
+    for topic in store.fanout.watched() {
+        let mut from = last_sent
+            .get(&topic)
+            .map_or(ReadFrom::Oldest, |id| ReadFrom::After(*id));
+        loop {
+            let page = match store.read(&topic, from, 500).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = %topic, "catching up after a redis outage failed");
+                    break;
+                }
+            };
+            let Some(last) = page.events.last().map(|e| e.id) else {
+                break;
+            };
+            store.fanout.send(&page.events);
+            last_sent.insert(topic.clone(), last);
+            from = ReadFrom::After(last);
+        }
+    }
+    // Claims waiting on this node look again.
+    let _ = store.signals.send(QueueSignal {
+        queue: String::new(),
+        work: true,
+    });
+}

@@ -1,0 +1,57 @@
+-- Compare-and-set of one task, with everything that goes with it.
+-- ARGV: id, old_json ('' = new task), new_json, queue, seq, old_status
+-- ('' = new), new_status, lease_expires ('' = none), emit_kind ('' = none),
+-- emit_data, max_events, key_ttl, finished_ttl, idem_key ('' = none).
+-- Returns {1, event_id} on success, {0, current_id_for_idem_or_''} when the
+-- task changed meanwhile (or the idempotency key was taken).
+local id, old, new, queue, seq = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local old_status, new_status, lease = ARGV[6], ARGV[7], ARGV[8]
+local emit_kind, emit_data = ARGV[9], ARGV[10]
+local max, key_ttl, finished_ttl, idem = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]), ARGV[14]
+local key = 'herald:task:' .. id
+local cur = redis.call('GET', key)
+if old == '' then
+  if cur then return {0, ''} end
+  if idem ~= '' then
+    local taken = redis.call('SET', 'herald:queue:' .. queue .. ':idem:' .. idem, id, 'NX', 'EX', key_ttl)
+    if not taken then
+      return {0, redis.call('GET', 'herald:queue:' .. queue .. ':idem:' .. idem) or ''}
+    end
+  end
+elseif cur ~= old then
+  return {0, ''}
+end
+redis.call('SET', key, new)
+local qkey = 'herald:queue:' .. queue
+if new_status == 'queued' then
+  redis.call('ZADD', qkey, seq, id)
+else
+  redis.call('ZREM', qkey, id)
+end
+if new_status == 'running' and lease ~= '' then
+  redis.call('ZADD', 'herald:leases', lease, id)
+else
+  redis.call('ZREM', 'herald:leases', id)
+end
+if old_status ~= new_status then
+  if old_status ~= '' then
+    redis.call('HINCRBY', 'herald:task-counts', queue .. '|' .. old_status, -1)
+  end
+  redis.call('HINCRBY', 'herald:task-counts', queue .. '|' .. new_status, 1)
+end
+if new_status == 'succeeded' or new_status == 'failed' or new_status == 'cancelled' then
+  redis.call('EXPIRE', key, finished_ttl)
+end
+-- Wake claims and position watchers on every node.
+if new_status == 'queued' and old_status ~= 'queued' then
+  redis.call('PUBLISH', 'herald:signals', 'work|' .. queue)
+end
+if (old_status == 'queued') ~= (new_status == 'queued') and old_status ~= '' then
+  redis.call('PUBLISH', 'herald:signals', 'moved|' .. queue)
+end
+local event_id = ''
+if emit_kind ~= '' then
+  local r = append('tasks.' .. id, emit_kind, emit_data, '', max, key_ttl, now_ms())
+  event_id = r[1]
+end
+return {1, event_id}
