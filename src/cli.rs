@@ -184,7 +184,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:7171")]
     pub listen: SocketAddr,
     /// Where events are kept: `file:DIR` (embedded, durable; the database is
-    /// DIR/herald.db) or `memory` (nothing survives a restart).
+    /// DIR/herald.db), `memory` (nothing survives a restart) or
+    /// `redis://HOST:PORT[/DB]` (shared by several herald nodes).
     #[arg(long, env = "HERALD_STORE", default_value = "file:./herald-data")]
     pub store: String,
     /// Refuse publishes (503) once the embedded database would grow past
@@ -230,6 +231,9 @@ pub enum StoreChoice {
         dir: PathBuf,
         max_bytes: Option<u64>,
     },
+    Redis {
+        url: String,
+    },
 }
 
 /// Everything `serve` needs, checked.
@@ -272,7 +276,14 @@ impl ServeArgs {
                     max_bytes: self.max_db_size,
                 }
             }
-            other => bail!("--store: {other:?} is not a store this build knows (memory, file:DIR)"),
+            uri if uri.starts_with("redis://") || uri.starts_with("rediss://") => {
+                StoreChoice::Redis {
+                    url: uri.to_owned(),
+                }
+            }
+            other => bail!(
+                "--store: {other:?} is not a store this build knows (memory, file:DIR, redis://HOST:PORT)"
+            ),
         };
         if self.retention_events == 0 {
             bail!("--retention-events must be at least 1");

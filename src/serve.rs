@@ -9,6 +9,7 @@ use herald_core::fanout::Fanout;
 use herald_core::heartbeat::Heartbeat;
 use herald_core::store::Store;
 use herald_core::store::memory::MemoryStore;
+use herald_core::store::redis::RedisStore;
 use herald_core::store::sqlite::{SqliteConfig, SqliteStore};
 use herald_core::task::TaskStore;
 use herald_core::task::engine::Tasks;
@@ -57,6 +58,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             };
             let sqlite = SqliteStore::open(sqlite, fanout).context("opening the embedded store")?;
             (sqlite.clone(), sqlite)
+        }
+        StoreChoice::Redis { url } => {
+            let redis = RedisStore::connect(url, config.retention, fanout)
+                .await
+                .context("connecting to Redis")?;
+            (redis.clone(), redis)
         }
     };
     tracing::info!(store = %store.describe(), "store ready");
