@@ -219,6 +219,52 @@ fn machine() -> String {
     )
 }
 
+/// A `redis-server` on a free port for one case (no persistence).
+struct RedisServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn main() {
     let secs = std::env::var("HERALD_BENCH_SECS")
         .ok()
@@ -246,15 +292,27 @@ fn main() {
 
     let mut all_errors = BTreeMap::<String, u64>::new();
     let started = Instant::now();
-    for store_name in ["memory", "file"] {
+    let mut stores = vec!["memory", "file"];
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        stores.push("redis");
+    } else {
+        println!("(redis-server not found: the redis rows are skipped)");
+    }
+    for store_name in stores {
         for publishers in CONCURRENCY {
             // A fresh server (and for `file`, a fresh database) per case.
             let dir = tempfile::Builder::new()
                 .prefix("herald-bench-")
                 .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
                 .unwrap();
-            let store = match store_name {
-                "memory" => "memory".to_owned(),
+            let redis = (store_name == "redis").then(RedisServer::start);
+            let store = match (store_name, &redis) {
+                ("memory", _) => "memory".to_owned(),
+                (_, Some(r)) => r.url.clone(),
                 _ => format!("file:{}", dir.path().display()),
             };
             let server = Server::start(&store);
@@ -263,6 +321,7 @@ fn main() {
                 (result, published_total(&server.addr).await)
             });
             drop(server);
+            drop(redis);
             drop(dir);
 
             let mut t = result.tally;

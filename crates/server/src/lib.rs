@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 mod articles;
@@ -75,6 +76,14 @@ pub async fn serve(
             token.cancel();
         }
     };
+    // Nagle's algorithm would hold a small event back until the client
+    // acknowledges the previous one (up to 40 ms with delayed ACKs): push
+    // servers write small frames and want each out at once.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app(state))
         .with_graceful_shutdown(signal)
         .await?;

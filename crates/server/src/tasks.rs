@@ -117,6 +117,8 @@ pub async fn get(
         let max = state.config().long_poll_max;
         let secs = query.seconds("wait", 0.0, 1e9)?;
         let wait = Duration::from_secs_f64(secs).min(max);
+        let _gauge =
+            crate::transport::SubscriptionGauge::open(crate::negotiate::Transport::LongPoll);
         return Ok(match state.tasks().wait(id, wait).await? {
             Waited::Finished(task) => task_response(StatusCode::OK, &task, None),
             Waited::TimedOut(task, position) => {

@@ -1,6 +1,6 @@
 //! Tasks in the memory store: gone on restart, like its events.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
 
@@ -20,7 +20,17 @@ pub struct MemTasks {
     queued: HashMap<String, BTreeMap<u64, TaskId>>,
     /// (queue, idempotency key) → task.
     keys: HashMap<(String, String), TaskId>,
+    /// Running tasks by lease deadline, so the reaper never scans them all.
+    leases: BTreeSet<(u64, TaskId)>,
     seq: u64,
+}
+
+/// The lease deadline of a running task.
+fn deadline(task: &Task) -> Option<u64> {
+    task.lease
+        .as_ref()
+        .filter(|_| task.status == Status::Running)
+        .map(|l| l.expires_ms)
 }
 
 impl MemTasks {
@@ -34,8 +44,14 @@ impl MemTasks {
         })
     }
 
-    /// Replaces a task, keeping the queue index in step.
+    /// Replaces a task, keeping the queue and lease indexes in step.
     fn put(&mut self, task: Task) {
+        if let Some(at) = self.tasks.get(&task.id).and_then(deadline) {
+            self.leases.remove(&(at, task.id));
+        }
+        if let Some(at) = deadline(&task) {
+            self.leases.insert((at, task.id));
+        }
         let queue = self.queued.entry(task.queue.clone()).or_default();
         if task.status == Status::Queued {
             queue.insert(task.seq, task.id);
@@ -140,9 +156,14 @@ impl TaskStore for MemoryStore {
     async fn expire(&self) -> Result<Vec<Task>, TaskError> {
         let mut tasks = self.tasks_lock();
         let now = now_ms();
-        let decisions: Vec<Decision> = tasks
-            .tasks
-            .values()
+        let due: Vec<TaskId> = tasks
+            .leases
+            .range(..=(now, TaskId(uuid::Uuid::max())))
+            .map(|(_, id)| *id)
+            .collect();
+        let decisions: Vec<Decision> = due
+            .iter()
+            .filter_map(|id| tasks.tasks.get(id))
             .filter_map(|t| machine::expire(t, now))
             .collect();
         let mut out = Vec::with_capacity(decisions.len());
@@ -155,12 +176,7 @@ impl TaskStore for MemoryStore {
 
     async fn next_expiry(&self) -> Result<Option<u64>, TaskError> {
         let tasks = self.tasks_lock();
-        Ok(tasks
-            .tasks
-            .values()
-            .filter(|t| t.status == Status::Running)
-            .filter_map(|t| t.lease.as_ref().map(|l| l.expires_ms))
-            .min())
+        Ok(tasks.leases.first().map(|(at, _)| *at))
     }
 
     async fn counts(&self) -> Result<Vec<(String, Status, u64)>, TaskError> {
