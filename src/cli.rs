@@ -56,7 +56,10 @@ pub enum Command {
     )]
     Subscribe(SubscribeArgs),
     /// Tasks: submit, look, cancel, and run workers.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  herald task submit images '{\"url\":\"cat.png\"}' --wait\n  herald task status 01a2f3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b\n  herald task work images -- ./resize.sh"
+    )]
     Task(TaskCommand),
 }
 

@@ -27,13 +27,17 @@ pub async fn run(client: &Client, out: Output, args: SubscribeArgs) -> anyhow::R
     let topics: Vec<&str> = args.topics.iter().map(String::as_str).collect();
     let mut events = client.subscribe(&topics, cursor, transport);
     let mut seen = 0_u64;
+    // One listener for the whole run: a fresh `ctrl_c()` per event would
+    // miss a Ctrl-C that comes while an event is being printed.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         if args.count.is_some_and(|n| seen >= n) {
             return Ok(ExitCode::SUCCESS);
         }
         let next = tokio::select! {
             next = events.next() => next,
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = &mut interrupted => return Ok(ExitCode::SUCCESS),
         };
         match next {
             None => return Ok(ExitCode::SUCCESS),
@@ -54,7 +58,9 @@ pub async fn run(client: &Client, out: Output, args: SubscribeArgs) -> anyhow::R
                 seen += 1;
                 if out.json {
                     let v = serde_json::json!({
-                        "id": e.id, "topic": e.topic, "event": e.event, "data": e.data, "time": e.time,
+                        "id": e.id, "topic": e.topic, "event": e.event, "data": e.data,
+                        // SSE frames carry no time.
+                        "time": (!e.time.is_empty()).then_some(&e.time),
                     });
                     println!("{v}");
                 } else if e.event == "message" {

@@ -36,8 +36,10 @@ pub async fn submit(client: &Client, out: Output, args: SubmitArgs) -> anyhow::R
         WaitVia::LongPoll => Wait::LongPoll { ttl: timeout },
         WaitVia::Poll => {
             let interval = Duration::from_millis(500);
+            // One look at the start and one after each interval, the last
+            // at the timeout: polls that cover all of it.
             let attempts =
-                (timeout.as_millis() / interval.as_millis()).clamp(1, u128::from(u32::MAX));
+                (timeout.as_millis() / interval.as_millis() + 1).clamp(1, u128::from(u32::MAX));
             Wait::ShortPoll {
                 interval,
                 max_attempts: u32::try_from(attempts).unwrap_or(u32::MAX),

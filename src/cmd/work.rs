@@ -68,13 +68,11 @@ async fn run_one(command: &[String], task: Task, progress: Progress) -> Result<P
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        // Its own process group: a Ctrl-C typed at the worker stops the
+        // worker gracefully instead of killing the task's command.
+        .process_group(0)
         .spawn()
         .map_err(|e| Failure::new(format!("cannot start {program}: {e}"), false))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let text = stdin_text(&task.payload);
-        // A command that does not read its input is fine.
-        let _ = stdin.write_all(text.as_bytes()).await;
-    }
     let mut stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let reading = async {
@@ -104,7 +102,17 @@ async fn run_one(command: &[String], task: Task, progress: Progress) -> Result<P
         }
         last
     };
-    let (out, last_line) = tokio::join!(reading, reporting);
+    // Feed stdin while reading stdout and stderr: a command that writes
+    // before it has read all its input must not deadlock on full pipes.
+    let stdin = child.stdin.take();
+    let feeding = async {
+        if let Some(mut stdin) = stdin {
+            let text = stdin_text(&task.payload);
+            // A command that does not read its input is fine.
+            let _ = stdin.write_all(text.as_bytes()).await;
+        }
+    };
+    let ((), out, last_line) = tokio::join!(feeding, reading, reporting);
     let status = child
         .wait()
         .await

@@ -10,6 +10,9 @@ mod harness;
 
 mod articles;
 mod bad_input;
+mod cli;
+mod client;
+mod cluster;
 mod durability;
 mod node;
 mod publish;

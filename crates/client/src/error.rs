@@ -61,6 +61,11 @@ impl From<reqwest::Error> for Error {
 pub(crate) async fn from_response(response: reqwest::Response) -> Error {
     let status = response.status().as_u16();
     let body = response.text().await.unwrap_or_default();
+    from_body(status, body)
+}
+
+/// Turns a non-success status and its body into an [`Error`].
+pub(crate) fn from_body(status: u16, body: String) -> Error {
     match serde_json::from_str::<serde_json::Value>(&body) {
         Ok(v) if v["error"]["code"].is_string() => Error::Api {
             status,

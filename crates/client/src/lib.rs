@@ -91,6 +91,9 @@ impl Client {
                 "{base:?} must start with http:// or https://"
             )));
         }
+        // Checked now: a URL that does not parse fails every request, and a
+        // subscription would retry it for ever.
+        reqwest::Url::parse(&base).map_err(|e| Error::Url(format!("{base:?}: {e}")))?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -135,9 +138,9 @@ impl Client {
     ) -> Result<Receipt, Error> {
         let data = data.into();
         let key = uuid::Uuid::new_v4().to_string();
-        let mut url = self.url(&format!("/topics/{topic}"));
+        let mut url = self.url(&format!("/topics/{}", encode(topic)));
         if let Some(event) = event {
-            url.push_str(&format!("?event={event}"));
+            url.push_str(&format!("?event={}", encode(event)));
         }
         retry(|| async {
             let response = self
@@ -205,6 +208,21 @@ async fn receipt(response: reqwest::Response) -> Result<Receipt, Error> {
     let mut r: Receipt = response.json().await?;
     r.replayed = replayed;
     Ok(r)
+}
+
+/// `text` as one URL path segment or query value: all but `A–Z a–z 0–9 - . _
+/// ~ :` percent-encoded, so a `?`, `#`, `/` or `&` in a name reaches the
+/// server (which refuses it) instead of silently changing the request.
+pub(crate) fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or the attempts are

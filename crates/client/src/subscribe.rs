@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::error::{self, Error};
-use crate::{Client, Event};
+use crate::{Client, Event, encode};
 
 /// How to receive events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,12 +153,15 @@ impl Follow {
     async fn run(mut self, transport: Transport) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let ended = match transport {
-                Transport::Sse => self.sse().await,
-                Transport::WebSocket => self.websocket().await,
-                Transport::Stream => self.ndjson().await,
-                Transport::LongPoll => self.poll(true, Duration::ZERO).await,
-                Transport::Poll { interval } => self.poll(false, interval).await,
+            let ended = match self.resolve_now().await {
+                Some(ended) => ended,
+                None => match transport {
+                    Transport::Sse => self.sse().await,
+                    Transport::WebSocket => self.websocket().await,
+                    Transport::Stream => self.ndjson().await,
+                    Transport::LongPoll => self.poll(true, Duration::ZERO).await,
+                    Transport::Poll { interval } => self.poll(false, interval).await,
+                },
             };
             let wait = match ended {
                 Ended::Stop => return,
@@ -179,11 +182,40 @@ impl Follow {
         }
     }
 
+    /// Turns a `now` cursor into the position it stands for (a short poll
+    /// from `now` answers it in `Herald-Cursor`) before connecting, so that
+    /// a connection lost before the first event resumes from there, not
+    /// from a later `now` that would skip what was published in between.
+    /// `Some` when that did not work out.
+    async fn resolve_now(&mut self) -> Option<Ended> {
+        if self.cursor != "now" {
+            return None;
+        }
+        let response = match self.open("application/json", Some("poll")).await {
+            Ok(r) => r,
+            Err(e) => return Some(Ended::Failed(e)),
+        };
+        if !matches!(response.status().as_u16(), 200 | 204) {
+            return Some(self.refused(response).await);
+        }
+        if let Some(c) = response
+            .headers()
+            .get("herald-cursor")
+            .and_then(|v| v.to_str().ok())
+        {
+            self.cursor = c.to_owned();
+        }
+        None
+    }
+
     fn path(&self) -> String {
         match self.topics.as_slice() {
-            [one] => format!("/topics/{one}"),
+            [one] => format!("/topics/{}", encode(one)),
             many => {
-                let q: Vec<String> = many.iter().map(|t| format!("topic={t}")).collect();
+                let q: Vec<String> = many
+                    .iter()
+                    .map(|t| format!("topic={}", encode(t)))
+                    .collect();
                 format!("/subscribe?{}", q.join("&"))
             }
         }
@@ -225,11 +257,25 @@ impl Follow {
             .is_ok()
     }
 
+    /// A poll answer's gap: it names no topic, so the gap names one only
+    /// when there is just one.
+    async fn poll_gap(&mut self) -> bool {
+        let topic = match self.topics.as_slice() {
+            [one] => one.clone(),
+            _ => String::new(),
+        };
+        let cursor = self.cursor.clone();
+        self.tx
+            .send(Ok(Delivery::Gap { topic, cursor }))
+            .await
+            .is_ok()
+    }
+
     /// A refusal for good ends the subscription after telling the caller.
     async fn refused(&mut self, response: reqwest::Response) -> Ended {
         let status = response.status().as_u16();
         let e = error::from_response(response).await;
-        if (400..500).contains(&status) && status != 408 && status != 429 {
+        if for_good(status) {
             let _ = self.tx.send(Err(e)).await;
             Ended::Stop
         } else {
@@ -320,20 +366,26 @@ impl Follow {
 
     async fn websocket(&mut self) -> Ended {
         let url = self.client.url(&self.path()).replacen("http", "ws", 1);
+        // A URL that cannot be made now never will be: that ends it.
         let mut request = match url.into_client_request() {
             Ok(r) => r,
-            Err(e) => return Ended::Failed(Error::Url(e.to_string())),
+            Err(e) => {
+                let _ = self.tx.send(Err(Error::Url(e.to_string()))).await;
+                return Ended::Stop;
+            }
         };
         if let Ok(v) = self.cursor.parse() {
             request.headers_mut().insert("last-event-id", v);
         }
         let (mut socket, _) = match tokio_tungstenite::connect_async(request).await {
             Ok(s) => s,
-            Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status().is_client_error() => {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r))
+                if for_good(r.status().as_u16()) =>
+            {
                 let status = r.status().as_u16();
                 let body =
                     String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned();
-                let _ = self.tx.send(Err(Error::Unexpected { status, body })).await;
+                let _ = self.tx.send(Err(error::from_body(status, body))).await;
                 return Ended::Stop;
             }
             Err(e) => return Ended::Failed(Error::Transport(e.to_string())),
@@ -431,14 +483,7 @@ impl Follow {
                         Ok(a) => a,
                         Err(e) => return Ended::Failed(e.into()),
                     };
-                    if answer.gap
-                        && !self
-                            .gap(&format!(
-                                "{{\"cursor\":{}}}",
-                                herald_protocol::json::quote(&self.cursor)
-                            ))
-                            .await
-                    {
+                    if answer.gap && !self.poll_gap().await {
                         return Ended::Stop;
                     }
                     for e in answer.events {
@@ -449,6 +494,14 @@ impl Follow {
                     self.cursor = answer.next;
                 }
                 204 => {
+                    // History was missed even though nothing is left of it.
+                    let gap = response
+                        .headers()
+                        .get("herald-gap")
+                        .is_some_and(|v| v == "true");
+                    if gap && !self.poll_gap().await {
+                        return Ended::Stop;
+                    }
                     if let Some(c) = response
                         .headers()
                         .get("herald-cursor")
@@ -467,6 +520,12 @@ impl Follow {
             }
         }
     }
+}
+
+/// Whether a status refuses a subscription for good: a `4xx` other than
+/// `408` and `429`.
+fn for_good(status: u16) -> bool {
+    (400..500).contains(&status) && status != 408 && status != 429
 }
 
 /// The positions of a composite cursor (`topic=id,…`).

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::error::{self, Error};
-use crate::{Client, retry};
+use crate::{Client, encode, retry};
 
 /// A task payload or result.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,7 +110,7 @@ impl Client {
     /// it is enqueued at most once.
     pub async fn enqueue(&self, queue: &str, payload: Payload) -> Result<Task, Error> {
         let key = uuid::Uuid::new_v4().to_string();
-        let url = self.url(&format!("/queues/{queue}/tasks"));
+        let url = self.url(&format!("/queues/{}/tasks", encode(queue)));
         retry(|| async {
             let request = self.http().post(&url).header("idempotency-key", &key);
             let response = with_payload(request, &payload).send().await?;
@@ -126,7 +126,7 @@ impl Client {
     pub async fn task(&self, id: &str) -> Result<Task, Error> {
         let response = self
             .http()
-            .get(self.url(&format!("/tasks/{id}")))
+            .get(self.url(&format!("/tasks/{}", encode(id))))
             .send()
             .await?;
         match response.status().as_u16() {
@@ -140,7 +140,7 @@ impl Client {
     pub async fn cancel(&self, id: &str) -> Result<Task, Error> {
         let response = self
             .http()
-            .delete(self.url(&format!("/tasks/{id}")))
+            .delete(self.url(&format!("/tasks/{}", encode(id))))
             .send()
             .await?;
         match response.status().as_u16() {
@@ -194,7 +194,7 @@ impl Client {
     ) -> Result<WaitOutcome, Error> {
         use tokio_tungstenite::tungstenite::Message;
         let url = self
-            .url(&format!("/tasks/{id}/events"))
+            .url(&format!("/tasks/{}/events", encode(id)))
             .replacen("http", "ws", 1);
         loop {
             let (mut socket, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
@@ -247,7 +247,7 @@ impl Client {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let secs = left.min(Duration::from_secs(30)).as_secs_f64();
-            let url = self.url(&format!("/tasks/{id}?wait={secs:.3}"));
+            let url = self.url(&format!("/tasks/{}?wait={secs:.3}", encode(id)));
             let response = self.http().get(url).send().await?;
             match response.status().as_u16() {
                 200 => return Ok(WaitOutcome::Finished(response.json().await?)),
@@ -295,7 +295,7 @@ impl Client {
         loop {
             let mut request = self
                 .http()
-                .get(self.url(&format!("/tasks/{id}/events")))
+                .get(self.url(&format!("/tasks/{}/events", encode(id))))
                 .header("accept", "text/event-stream");
             if let Some(c) = &cursor {
                 request = request.header("last-event-id", c);

@@ -9,9 +9,9 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::Client;
 use crate::error::{self, Error};
 use crate::tasks::{Payload, Task, with_payload};
+use crate::{Client, encode};
 
 /// A task this worker holds, with the lease that proves it.
 #[derive(Debug, Clone)]
@@ -73,7 +73,8 @@ impl Client {
         lease: Duration,
     ) -> Result<Option<Claimed>, Error> {
         let url = self.url(&format!(
-            "/queues/{queue}/claim?wait={:.3}&lease={:.3}",
+            "/queues/{}/claim?wait={:.3}&lease={:.3}",
+            encode(queue),
             wait.as_secs_f64(),
             lease.as_secs_f64().max(0.001)
         ));

@@ -78,10 +78,15 @@ pub async fn follow(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(uri.query());
     let cursor = cursor(&headers, &query, CursorInput::Now);
-    let sub = state
+    let sub = match state
         .hub()
         .subscribe(vec![notifications_topic()?], &cursor)
-        .await?;
+        .await
+    {
+        Ok(sub) => sub,
+        Err(herald_core::StoreError::Unavailable(_)) => return Ok(sse::retry_later(&state)),
+        Err(e) => return Err(e.into()),
+    };
     let encoder = SseEncoder {
         comment: Some(Bytes::from_static(NOTIFICATION_COMMENT)),
     };

@@ -109,7 +109,10 @@ impl From<herald_core::task::TaskError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Expected while a store is down: one line per refusal, no alarm.
+            tracing::warn!(error = %self, "request refused");
+        } else if status.is_server_error() {
             tracing::error!(error = %self, detail = ?self, "request failed");
         }
         let message = match &self {

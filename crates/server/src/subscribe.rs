@@ -6,7 +6,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use herald_core::{CursorInput, Topic};
+use herald_core::{CursorInput, StoreError, Topic};
 
 use crate::error::ApiError;
 use crate::negotiate::{Transport, negotiate};
@@ -81,10 +81,14 @@ async fn subscribe(
             let sub = hub.subscribe(topics, &cursor).await?;
             Ok(ws::respond(&state, upgrade, sub))
         }
-        Transport::Sse => {
-            let sub = hub.subscribe(topics, &cursor).await?;
-            Ok(sse::respond(&state, sub, sse::SseEncoder::default()))
-        }
+        Transport::Sse => match hub.subscribe(topics, &cursor).await {
+            Ok(sub) => Ok(sse::respond(&state, sub, sse::SseEncoder::default())),
+            Err(StoreError::Unavailable(why)) => {
+                tracing::warn!(%why, "an SSE client was asked to retry: the store is unavailable");
+                Ok(sse::retry_later(&state))
+            }
+            Err(e) => Err(e.into()),
+        },
         Transport::Stream => Ok(stream::respond(hub.subscribe(topics, &cursor).await?)),
         Transport::LongPoll => long_poll::respond(&state, &topics, &cursor, &query).await,
         Transport::Poll => poll::respond(&state, &topics, &cursor, &query).await,

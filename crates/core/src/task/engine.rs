@@ -71,6 +71,7 @@ fn gauge(queue: &str, status: Status) -> metrics::Gauge {
     metrics::gauge!("herald_tasks", "queue" => queue.to_owned(), "status" => status.as_str())
 }
 
+/// Moves a task between the status gauges of this node's own count.
 fn moved(from: Option<Status>, task: &Task) {
     if from == Some(task.status) {
         return;
@@ -79,6 +80,11 @@ fn moved(from: Option<Status>, task: &Task) {
         gauge(&task.queue, from).decrement(1.0);
     }
     gauge(&task.queue, task.status).increment(1.0);
+    finished(task);
+}
+
+/// Records the run time of a task that just finished.
+fn finished(task: &Task) {
     if task.status.is_finished()
         && let (Some(start), Some(end)) = (task.started_ms, task.finished_ms)
     {
@@ -91,9 +97,7 @@ impl Tasks {
     /// Starts the engine (and its lease reaper) over `store`; `hub` carries
     /// the task events. Must run inside a tokio runtime.
     pub async fn start(store: Arc<dyn TaskStore>, hub: Hub) -> Result<Tasks, TaskError> {
-        for (queue, status, n) in store.counts().await? {
-            gauge(&queue, status).set(n as f64);
-        }
+        set_gauges(&*store).await?;
         let shutdown = hub.heartbeat().shutdown().clone();
         let remote = store.signals();
         let tasks = Tasks {
@@ -129,11 +133,15 @@ impl Tasks {
 
     /// Tells the queue what happened to one of its tasks.
     fn signal(&self, before: Option<Status>, task: &Task) {
-        moved(before, task);
         if self.inner.remote {
-            // Every node, this one included, hears it from the store.
+            // Every node, this one included, hears of it from the store,
+            // and reads the shared counts then.
+            if before != Some(task.status) {
+                finished(task);
+            }
             return;
         }
+        moved(before, task);
         let q = self.signals(&task.queue);
         if task.status == Status::Queued && before != Some(Status::Queued) {
             q.work.notify_one();
@@ -244,18 +252,44 @@ impl Tasks {
     }
 }
 
-/// Forwards the shared store's queue signals to this node's waiters.
+/// Sets the status gauges to the store's counts.
+async fn set_gauges(store: &dyn TaskStore) -> Result<(), TaskError> {
+    for (queue, status, n) in store.counts().await? {
+        gauge(&queue, status).set(n as f64);
+    }
+    Ok(())
+}
+
+/// Forwards the shared store's queue signals to this node's waiters, and
+/// keeps the status gauges at the shared counts (read once per burst of
+/// signals).
 async fn listen(tasks: Tasks, mut rx: tokio::sync::broadcast::Receiver<QueueSignal>) {
-    use tokio::sync::broadcast::error::RecvError;
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    let everyone = QueueSignal {
+        queue: String::new(),
+        work: true,
+    };
     loop {
-        tokio::select! {
-            signal = rx.recv() => match signal {
-                Ok(s) => tasks.remote_signal(&s),
-                // Missed some: wake everyone, they look for themselves.
-                Err(RecvError::Lagged(_)) => tasks.remote_signal(&QueueSignal { queue: String::new(), work: true }),
-                Err(RecvError::Closed) => return,
-            },
+        let first = tokio::select! {
+            signal = rx.recv() => signal,
             () = tasks.inner.shutdown.cancelled() => return,
+        };
+        match first {
+            Ok(s) => tasks.remote_signal(&s),
+            // Missed some: wake everyone, they look for themselves.
+            Err(RecvError::Lagged(_)) => tasks.remote_signal(&everyone),
+            Err(RecvError::Closed) => return,
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(s) => tasks.remote_signal(&s),
+                Err(TryRecvError::Lagged(_)) => tasks.remote_signal(&everyone),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => return,
+            }
+        }
+        if let Err(e) = set_gauges(&*tasks.inner.store).await {
+            tracing::debug!(error = %e, "reading task counts failed");
         }
     }
 }

@@ -62,6 +62,16 @@ pub fn headers(response: &mut Response) {
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
 }
 
+/// Answers an SSE request the store cannot serve right now: `200`, the
+/// `retry:` preamble, and the end of the stream. A browser's EventSource
+/// gives up for good on an error status, but reconnects after this — by
+/// when the store may be back.
+pub fn retry_later(state: &AppState) -> Response {
+    let mut response = axum::body::Body::from(state.sse_preamble()).into_response();
+    headers(&mut response);
+    response
+}
+
 /// Answers with an SSE stream of `sub`. A stream over several topics
 /// starts by setting the client's last event id to its starting cursor, so
 /// even a reconnect before the first event resumes every topic exactly.

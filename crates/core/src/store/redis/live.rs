@@ -33,7 +33,6 @@ pub async fn open(client: &redis::Client) -> redis::RedisResult<redis::aio::PubS
 /// Runs the feed from `first` (already subscribed, so nothing stored after
 /// the store was opened is missed), reconnecting whenever it is lost.
 pub async fn run(store: Weak<RedisStore>, first: redis::aio::PubSub) {
-    let mut last_sent: HashMap<Topic, EventId> = HashMap::new();
     let mut backoff = Duration::from_millis(100);
     let mut connected_before = false;
     let mut first = Some(first);
@@ -50,7 +49,7 @@ pub async fn run(store: Weak<RedisStore>, first: redis::aio::PubSub) {
                 if connected_before {
                     tracing::info!("redis live feed is back; catching up");
                     let Some(s) = store.upgrade() else { return };
-                    resync(&s, &mut last_sent).await;
+                    resync(&s).await;
                 }
                 connected_before = true;
                 backoff = Duration::from_millis(100);
@@ -58,7 +57,7 @@ pub async fn run(store: Weak<RedisStore>, first: redis::aio::PubSub) {
                 while let Some(msg) = messages.next().await {
                     let Some(s) = store.upgrade() else { return };
                     match msg.get_channel_name() {
-                        "herald:events" => on_event(&s, msg.get_payload_bytes(), &mut last_sent),
+                        "herald:events" => on_event(&s, msg.get_payload_bytes()),
                         "herald:signals" => on_signal(&s, msg.get_payload_bytes()),
                         _ => {}
                     }
@@ -72,7 +71,7 @@ pub async fn run(store: Weak<RedisStore>, first: redis::aio::PubSub) {
     }
 }
 
-fn on_event(store: &RedisStore, payload: &[u8], last_sent: &mut HashMap<Topic, EventId>) {
+fn on_event(store: &RedisStore, payload: &[u8]) {
     let Ok((topic, id, kind, data)) =
         serde_json::from_slice::<(String, String, String, String)>(payload)
     else {
@@ -83,11 +82,10 @@ fn on_event(store: &RedisStore, payload: &[u8], last_sent: &mut HashMap<Topic, E
         return;
     };
     if !store.fanout.is_watched(&topic) {
-        last_sent.remove(&topic);
         return;
     }
     let kind = EventType::new(&kind).unwrap_or_else(|_| EventType::message());
-    last_sent.insert(topic.clone(), id);
+    store.saw(&topic, id);
     store
         .fanout
         .send(&[Arc::new(Event::new(id, topic, kind, data))]);
@@ -106,12 +104,28 @@ fn on_signal(store: &RedisStore, payload: &[u8]) {
 }
 
 /// Hands out, for every topic this node serves, what was stored while the
-/// feed was down.
-async fn resync(store: &RedisStore, last_sent: &mut HashMap<Topic, EventId>) {
-    for topic in store.fanout.watched() {
-        let mut from = last_sent
-            .get(&topic)
-            .map_or(ReadFrom::Oldest, |id| ReadFrom::After(*id));
+/// feed was down: after the newest id the node had read, pinned or
+/// delivered for it. A watched topic it has read nothing of has no
+/// subscriber past its first read (that read catches up by itself), only
+/// waiters that look at the store when woken: they get its newest event.
+async fn resync(store: &RedisStore) {
+    let watched = store.fanout.watched();
+    let known: HashMap<Topic, EventId> = {
+        let mut seen = store.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|t, _| watched.contains(t));
+        seen.clone()
+    };
+    for topic in watched.iter().filter(|t| !known.contains_key(*t)) {
+        match store.newest(topic).await {
+            Ok(Some(event)) => store.fanout.send(&[Arc::new(event)]),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, topic = %topic, "waking waiters after a redis outage failed")
+            }
+        }
+    }
+    for (topic, after) in known {
+        let mut from = ReadFrom::After(after);
         loop {
             let page = match store.read(&topic, from, 500).await {
                 Ok(p) => p,
@@ -124,7 +138,6 @@ async fn resync(store: &RedisStore, last_sent: &mut HashMap<Topic, EventId>) {
                 break;
             };
             store.fanout.send(&page.events);
-            last_sent.insert(topic.clone(), last);
             from = ReadFrom::After(last);
         }
     }

@@ -54,6 +54,10 @@ pub struct RedisStore {
     retention: Retention,
     scripts: Scripts,
     signals: broadcast::Sender<QueueSignal>,
+    /// Per topic, the newest id this node has read, pinned or delivered:
+    /// where the live feed resumes a topic after losing its connection.
+    /// Pruned to watched topics on every resync.
+    seen: std::sync::Mutex<std::collections::HashMap<Topic, EventId>>,
     url: String,
 }
 
@@ -114,6 +118,7 @@ impl RedisStore {
                 task: script(include_str!("task.lua")),
             },
             signals: broadcast::channel(1024).0,
+            seen: std::sync::Mutex::default(),
             url: url.to_owned(),
         });
         tokio::spawn(live::run(Arc::downgrade(&store), feed));
@@ -125,6 +130,30 @@ impl RedisStore {
 
     fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// Notes that this node knows `topic` up to `id`.
+    pub(crate) fn saw(&self, topic: &Topic, id: EventId) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = seen.entry(topic.clone()).or_insert(id);
+        *entry = (*entry).max(id);
+    }
+
+    /// The newest retained event of `topic`.
+    pub(crate) async fn newest(&self, topic: &Topic) -> Result<Option<Event>, StoreError> {
+        let mut conn = self.conn();
+        let last: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+            .arg(format!("herald:{{{topic}}}:events"))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("reading a topic", e))?;
+        last.first()
+            .map(|(id, fields)| entry_event(topic, id, fields))
+            .transpose()
     }
 
     /// Signals about queues from every node (claims to wake, positions).
@@ -222,11 +251,15 @@ impl Store for RedisStore {
             .iter()
             .map(|(id, fields)| entry_event(topic, id, fields).map(Arc::new))
             .collect::<Result<_, _>>()?;
-        Ok(Page {
+        let page = Page {
             events,
             gap: gap == 1,
             next: parse_id(&next)?,
-        })
+        };
+        if self.fanout.is_watched(topic) {
+            self.saw(topic, page.next);
+        }
+        Ok(page)
     }
 
     async fn head(&self, topic: &Topic) -> Result<EventId, StoreError> {
@@ -237,7 +270,11 @@ impl Store for RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(|e| unavailable("reading a topic", e))?;
-        last.map_or(Ok(EventId::START), |l| parse_id(&l))
+        let head = last.map_or(Ok(EventId::START), |l| parse_id(&l))?;
+        if self.fanout.is_watched(topic) {
+            self.saw(topic, head);
+        }
+        Ok(head)
     }
 
     fn watch(&self, topic: &Topic) -> Watch {

@@ -48,6 +48,9 @@ if new_status == 'queued' and old_status ~= 'queued' then
 end
 if (old_status == 'queued') ~= (new_status == 'queued') and old_status ~= '' then
   redis.call('PUBLISH', 'herald:signals', 'moved|' .. queue)
+elseif old_status ~= new_status then
+  -- Nothing moved in the queue, but the counts did.
+  redis.call('PUBLISH', 'herald:signals', 'status|' .. queue)
 end
 local event_id = ''
 if emit_kind ~= '' then
