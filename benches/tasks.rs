@@ -26,11 +26,14 @@
 // client should abort the run loudly, which is what unwrap/expect do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
+use support::Server;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
@@ -61,50 +64,6 @@ const LONG_POLL_SETTLE: Duration = Duration::from_millis(20);
 const PATIENCE: Duration = Duration::from_secs(35);
 /// The header that carries a claim's lease token.
 const LEASE_HEADER: &str = "herald-lease";
-
-/// A running `herald serve`, killed when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Server {
-    fn start(store: &str) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
-            .args(["--retention-events", "1000000", "--retention-age", "off"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn herald");
-        let stdout = child.stdout.take().expect("herald stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the server never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(15))
-            .expect("herald did not report its address");
-        let addr = line
-            .strip_prefix("herald listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line from herald: {line}"))
-            .to_owned();
-        Server { child, addr }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Errors by description, shared by every task of a case.
 #[derive(Clone, Default)]
