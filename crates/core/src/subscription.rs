@@ -186,6 +186,13 @@ impl Subscription {
         parts.join(",")
     }
 
+    /// Whether the next item can come without reading the store (it is
+    /// queued, or every topic follows the fan-out): then polling
+    /// [`Subscription::next`] once and dropping it wastes nothing.
+    pub fn is_live(&self) -> bool {
+        !self.pending.is_empty() || self.topics.iter().all(|t| matches!(t.phase, Phase::Live))
+    }
+
     /// Whether the subscription covers more than one topic (its cursor is
     /// then not an event id).
     pub fn is_multi(&self) -> bool {

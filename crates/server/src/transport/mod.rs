@@ -5,7 +5,8 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 
 use axum::body::Body;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use futures_util::stream::unfold;
 use herald_core::Subscription;
 use herald_core::subscription::{EndReason, Next};
@@ -90,7 +91,25 @@ pub fn streaming_body<E: Encode>(
         queue: VecDeque<Bytes>,
         counters: StreamCounters,
         transport: Transport,
+        /// The subscription ended; what is queued is the last to send.
+        ended: bool,
         _gauge: SubscriptionGauge,
+    }
+    impl<E: Encode> State<E> {
+        /// Queues the bytes for `next`; `false` once the subscription ended.
+        fn take(&mut self, next: Next) -> bool {
+            match &next {
+                Next::End(reason) => {
+                    self.counters.ended(reason, self.transport);
+                    self.ended = true;
+                    return false;
+                }
+                Next::Event(_) => self.counters.delivered.increment(1),
+                Next::Gap { .. } | Next::KeepAlive => {}
+            }
+            self.encoder.encode(&self.sub, &next, &mut self.queue);
+            true
+        }
     }
     let state = State {
         sub,
@@ -98,27 +117,50 @@ pub fn streaming_body<E: Encode>(
         queue: first.into_iter().collect(),
         counters: StreamCounters::default(),
         transport,
+        ended: false,
         _gauge: SubscriptionGauge::open(transport),
     };
     let body = unfold(state, |mut s| async move {
-        loop {
-            if let Some(bytes) = s.queue.pop_front() {
-                return Some((Ok::<_, Infallible>(bytes), s));
+        if s.queue.is_empty() {
+            if s.ended {
+                return None;
             }
             let next = s.sub.next().await;
-            match &next {
-                Next::End(reason) => {
-                    s.counters.ended(reason, s.transport);
-                    return None;
+            if s.take(next) {
+                // Whatever else is already waiting goes out in the same
+                // write: one frame, one syscall, however far behind the
+                // subscriber is.
+                while s.sub.is_live()
+                    && s.queue.iter().map(Bytes::len).sum::<usize>() < COALESCE_BYTES
+                {
+                    let Some(next) = s.sub.next().now_or_never() else {
+                        break;
+                    };
+                    if !s.take(next) {
+                        break;
+                    }
                 }
-                Next::Event(_) => s.counters.delivered.increment(1),
-                Next::Gap { .. } | Next::KeepAlive => {}
             }
-            s.encoder.encode(&s.sub, &next, &mut s.queue);
+            if s.queue.is_empty() {
+                return None;
+            }
         }
+        let bytes = if s.queue.len() == 1 {
+            s.queue.pop_front().unwrap_or_default()
+        } else {
+            let mut joined = BytesMut::with_capacity(s.queue.iter().map(Bytes::len).sum());
+            for part in s.queue.drain(..) {
+                joined.extend_from_slice(&part);
+            }
+            joined.freeze()
+        };
+        Some((Ok::<_, Infallible>(bytes), s))
     });
     Body::from_stream(body)
 }
+
+/// How much a stream gathers into one write when events are waiting.
+const COALESCE_BYTES: usize = 64 * 1024;
 
 /// `,"cursor":"…"` plus `end`: what a multi-topic subscriber's JSON frames
 /// carry after the shared event object, so every transport hands out a
