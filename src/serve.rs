@@ -77,9 +77,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .context("reading the task queue")?;
     let state = AppState::new(tasks, config.server.clone(), Some(metrics));
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%addr, "listening");
     // One plain line on stdout, for scripts and tests that asked for port 0.
@@ -87,6 +85,20 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     herald_server::serve(listener, state, stop_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds with a deep accept queue: thousands of clients reconnect at once
+/// after a restart, and the default backlog of 128 makes the rest wait a
+/// SYN retransmit (a full second).
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -10,6 +10,7 @@ mod harness;
 
 mod articles;
 mod bad_input;
+mod bench_smoke;
 mod cli;
 mod client;
 mod cluster;

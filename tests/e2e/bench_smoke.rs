@@ -1,0 +1,72 @@
+//! `herald-bench` against a real server, at small sizes: every mode runs,
+//! exits 0 and reports nothing lost.
+
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::harness::Server;
+
+/// Builds `herald-bench` once (debug profile, this workspace's target dir)
+/// and returns its path.
+fn bench_bin() -> std::path::PathBuf {
+    static BUILT: OnceLock<std::path::PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-q", "-p", "herald-bench"])
+                .current_dir(root)
+                .status()
+                .expect("cargo build -p herald-bench");
+            assert!(status.success(), "building herald-bench failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            target.join("debug").join("herald-bench")
+        })
+        .clone()
+}
+
+/// Runs one mode with `--json` and returns its result object.
+fn run(server: &Server, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(bench_bin())
+        .args(["--json", "--url", &server.url("")])
+        .args(args)
+        .output()
+        .expect("run herald-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "herald-bench {args:?} failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("one JSON object")
+}
+
+#[test]
+fn the_load_driver_runs_every_mode_and_loses_nothing() {
+    let server = Server::start(&["--retention-events", "100000"]);
+
+    let idle = run(&server, &["idle", "--conns", "50"]);
+    assert_eq!(idle["opened"], 50, "{idle}");
+    assert_eq!(idle["errors"], 0, "{idle}");
+
+    let ws = run(&server, &["idle", "--conns", "20", "--ws"]);
+    assert_eq!(ws["opened"], 20, "{ws}");
+
+    let fanout = run(&server, &["fanout", "--subs", "20", "--events", "50"]);
+    assert_eq!(fanout["expected"], 1000, "{fanout}");
+    assert_eq!(fanout["received"], 1000, "{fanout}");
+    assert_eq!(fanout["lost"], 0, "{fanout}");
+    assert_eq!(fanout["duplicates"], 0, "{fanout}");
+    assert_eq!(fanout["out_of_order"], 0, "{fanout}");
+
+    let topics = run(&server, &["topics", "--subs", "20", "--events", "40"]);
+    assert_eq!(topics["expected"], 40, "{topics}");
+    assert_eq!(topics["lost"], 0, "{topics}");
+
+    let lp = run(&server, &["longpoll", "--polls", "50"]);
+    assert_eq!(lp["woken"], 50, "{lp}");
+    assert_eq!(lp["errors"], 0, "{lp}");
+}
