@@ -1,0 +1,44 @@
+//! The server's own account, read from its Prometheus `/metrics`: the
+//! subscription gauges tell the driver when the server has really taken (or
+//! released) every connection, which the client side alone cannot see.
+
+use std::time::{Duration, Instant};
+
+use crate::net::Target;
+
+/// The value of one series (`name{labels}`) from `/metrics`, 0 if absent.
+pub async fn metric(client: &reqwest::Client, t: &Target, series: &str) -> f64 {
+    let text = client
+        .get(format!("{}/metrics", t.base))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls `/metrics` until `series` satisfies `ok`, at most `limit`. Returns
+/// the time it took, or None if it never did.
+pub async fn wait_metric(
+    client: &reqwest::Client,
+    t: &Target,
+    series: &str,
+    limit: Duration,
+    ok: impl Fn(f64) -> bool,
+) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if ok(metric(client, t, series).await) {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,211 @@
+//! One fan-out subscriber: its SSE receive loop (resuming from its cursor
+//! when the server cuts it off) and the checks it makes on every event —
+//! loss, duplicates, order, latency — so a run proves delivery, not just
+//! speed.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use herald_protocol::sse::{Decoder, Frame};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::net::{Target, open_sse};
+use crate::publish::{epoch_us, parse_body};
+
+/// What one fan-out subscriber saw.
+#[derive(Default)]
+pub struct SubStats {
+    pub topic: usize,
+    pub received: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub unexpected: u64,
+    pub gaps: u64,
+    pub reconnects: u64,
+    /// Rolling hash of the order of sequence numbers received.
+    pub order: u64,
+    pub last_rx: Option<Instant>,
+    pub error: Option<String>,
+}
+
+/// What every subscriber of a run shares with the run.
+#[derive(Clone)]
+pub struct Shared {
+    /// Publish→receive latencies of all subscribers, in µs.
+    pub hist: Arc<Mutex<Histogram<u64>>>,
+    /// Each subscriber says once when it is subscribed (or why it is not),
+    /// so publishing starts only when everyone listens.
+    pub ready: mpsc::UnboundedSender<Result<Instant, String>>,
+    /// Limits the connections being opened at once (`--connect-concurrency`).
+    pub sem: Arc<Semaphore>,
+    /// Set when the drain time is over: stop waiting for what is missing.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// herald's ids are `MS-SEQ`; clients should not parse them, but a bench
+/// may, to check order. Anything else is not compared.
+fn id_key(id: &str) -> Option<(u64, u64)> {
+    let (a, b) = id.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Subscribes to `topic` and reads until it has all `expected` events or
+/// the run says stop.
+pub async fn subscriber(
+    t: Target,
+    topic_idx: usize,
+    topic: String,
+    expected: u64,
+    shared: Shared,
+) -> SubStats {
+    let Shared {
+        hist,
+        ready,
+        sem,
+        mut stop,
+    } = shared;
+    let path = format!("/topics/{topic}");
+    let mut st = SubStats {
+        topic: topic_idx,
+        ..SubStats::default()
+    };
+    let permit = sem.acquire_owned().await.unwrap();
+    let opened = open_sse(&t, &path, None).await;
+    drop(permit);
+    let (mut s, first) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send(Err(e.to_string()));
+            st.error = Some(e.to_string());
+            return st;
+        }
+    };
+    let _ = ready.send(Ok(Instant::now()));
+    let mut check = Check::new(expected);
+    let mut dec = Decoder::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut pending = first;
+    while st.received < expected {
+        if pending.is_empty() {
+            let n = tokio::select! {
+                r = s.read(&mut buf) => r.unwrap_or(0),
+                _ = stop.changed() => break,
+            };
+            if n == 0 {
+                let Some((s2, first)) = resume(&t, &path, &dec, &mut st).await else {
+                    break;
+                };
+                s = s2;
+                dec = Decoder::new();
+                pending = first;
+                continue;
+            }
+            pending.extend_from_slice(&buf[..n]);
+        }
+        let frames = dec.feed(&pending);
+        pending.clear();
+        check.frames(frames, &mut st);
+        check.record_latencies(&hist);
+    }
+    st
+}
+
+/// Cut off (too slow) or closed: resume from the cursor, so what was missed
+/// is replayed rather than lost. None (with the error in `st`) when it
+/// cannot, or after more than 100 reconnects.
+async fn resume(
+    t: &Target,
+    path: &str,
+    dec: &Decoder,
+    st: &mut SubStats,
+) -> Option<(TcpStream, Vec<u8>)> {
+    st.reconnects += 1;
+    if st.reconnects > 100 {
+        st.error = Some("more than 100 reconnects".into());
+        return None;
+    }
+    let cursor = dec.last_event_id().map(str::to_owned);
+    match open_sse(t, path, cursor.as_deref()).await {
+        Ok(x) => Some(x),
+        Err(e) => {
+            st.error = Some(e.to_string());
+            None
+        }
+    }
+}
+
+/// What a subscriber remembers to judge each event.
+struct Check {
+    expected: u64,
+    /// One bit per sequence number received.
+    seen: Vec<u64>,
+    /// The id of the last new event, to see ids go backwards.
+    last_key: Option<(u64, u64)>,
+    /// Latencies not yet in the shared histogram: it is locked once per
+    /// read, not once per event.
+    lats: Vec<u64>,
+}
+
+impl Check {
+    fn new(expected: u64) -> Check {
+        Check {
+            expected,
+            seen: vec![0u64; (expected as usize).div_ceil(64)],
+            last_key: None,
+            lats: Vec::with_capacity(64),
+        }
+    }
+
+    /// Counts the events among `frames` into `st`: new, duplicate, out of
+    /// order, unexpected, or a gap notice.
+    fn frames(&mut self, frames: Vec<Frame>, st: &mut SubStats) {
+        let now_us = epoch_us();
+        let now = Instant::now();
+        for f in frames {
+            let Frame::Event { id, event, data } = f else {
+                continue;
+            };
+            if event == "gap" {
+                st.gaps += 1;
+                continue;
+            }
+            let Some((ts, seq)) = parse_body(&data) else {
+                st.unexpected += 1;
+                continue;
+            };
+            self.lats.push(now_us.saturating_sub(ts).max(1));
+            if seq >= self.expected {
+                st.unexpected += 1;
+                continue;
+            }
+            let (w, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+            if self.seen[w] & bit != 0 {
+                st.duplicates += 1;
+                continue;
+            }
+            self.seen[w] |= bit;
+            st.received += 1;
+            st.order = st.order.wrapping_mul(1_000_003).wrapping_add(seq + 1);
+            if let Some(k) = id.as_deref().and_then(id_key) {
+                if self.last_key.is_some_and(|l| k <= l) {
+                    st.out_of_order += 1;
+                }
+                self.last_key = Some(k);
+            }
+            st.last_rx = Some(now);
+        }
+    }
+
+    /// Moves the latencies gathered so far into the shared histogram.
+    fn record_latencies(&mut self, hist: &Mutex<Histogram<u64>>) {
+        if !self.lats.is_empty() {
+            let mut h = hist.lock().unwrap();
+            for l in self.lats.drain(..) {
+                h.saturating_record(l);
+            }
+        }
+    }
+}
