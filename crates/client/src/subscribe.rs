@@ -171,8 +171,11 @@ impl Follow {
                 }
                 Ended::Failed(e) => {
                     tracing::debug!(error = %e, "subscription connection failed; reconnecting");
+                    // A failed attempt backs off from 100 ms, doubling: a
+                    // restart is picked up fast, an outage is not hammered.
+                    // The server's `retry` governs reconnects after a clean end.
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    backoff.max(self.retry.min(MAX_BACKOFF))
+                    backoff
                 }
             };
             tokio::select! {
