@@ -108,6 +108,16 @@ fn tell(last: &mut Option<Task>, now: &Task, on_update: &mut impl FnMut(Update))
 impl Client {
     /// Enqueues a task; retried with the same automatic idempotency key, so
     /// it is enqueued at most once.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), herald_client::Error> {
+    /// use herald_client::{Client, Payload};
+    /// let client = Client::new("http://127.0.0.1:7171")?;
+    /// let task = client.enqueue("reports", Payload::Text("march".into())).await?;
+    /// println!("{} is {} at position {:?}", task.id, task.status, task.position);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn enqueue(&self, queue: &str, payload: Payload) -> Result<Task, Error> {
         let key = uuid::Uuid::new_v4().to_string();
         let url = self.url(&format!("/queues/{}/tasks", encode(queue)));
@@ -123,6 +133,17 @@ impl Client {
     }
 
     /// The task as it is now (finished or not).
+    ///
+    /// ```no_run
+    /// # async fn demo(id: &str) -> Result<(), herald_client::Error> {
+    /// let client = herald_client::Client::new("http://127.0.0.1:7171")?;
+    /// let task = client.task(id).await?;
+    /// if task.is_finished() {
+    ///     println!("{}: {:?}", task.status, task.result);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn task(&self, id: &str) -> Result<Task, Error> {
         let response = self
             .http()
@@ -137,6 +158,18 @@ impl Client {
 
     /// Cancels a task: at once if queued, at its worker's next call if
     /// running. A finished task is an [`Error::Api`] with status `409`.
+    ///
+    /// ```no_run
+    /// # async fn demo(id: &str) -> Result<(), herald_client::Error> {
+    /// let client = herald_client::Client::new("http://127.0.0.1:7171")?;
+    /// match client.cancel(id).await {
+    ///     Ok(task) => println!("now {}", task.status),
+    ///     Err(e) if e.status() == Some(409) => println!("already finished"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn cancel(&self, id: &str) -> Result<Task, Error> {
         let response = self
             .http()

@@ -65,7 +65,24 @@ impl Progress {
 
 impl Client {
     /// Claims the oldest task of `queue`, waiting up to `wait`; `None` if
-    /// none came.
+    /// none came. [`Worker`] runs this loop for you.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), herald_client::Error> {
+    /// use std::time::Duration;
+    /// use herald_client::{Client, Failure, Payload};
+    /// let client = Client::new("http://127.0.0.1:7171")?;
+    /// if let Some(claimed) = client.claim("images", Duration::from_secs(30), Duration::from_secs(60)).await? {
+    ///     client.progress(&claimed, Some(0.5), Some("halfway")).await?;
+    ///     if claimed.task.payload.is_object() {
+    ///         client.complete(&claimed, &Payload::Text("ok".into())).await?;
+    ///     } else {
+    ///         client.fail(&claimed, &Failure::new("not an object", false)).await?;
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn claim(
         &self,
         queue: &str,
