@@ -75,7 +75,7 @@ impl Hub {
     pub fn new(store: Arc<dyn Store>, config: HubConfig, heartbeat: Heartbeat) -> Hub {
         Hub {
             inner: Arc::new(Inner {
-                store: Arc::new(Metered(store)),
+                store: Arc::new(Metered::new(store)),
                 heartbeat,
                 config,
             }),

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use metrics::Histogram;
 
 use super::{Appended, NewEvent, Page, ReadFrom, Store};
 use crate::error::StoreError;
@@ -12,44 +13,63 @@ use crate::fanout::Watch;
 use crate::name::Topic;
 
 /// Wraps any store; `herald_store_seconds{op}` gets one sample per call.
-pub struct Metered(pub Arc<dyn Store>);
+/// The histogram handles are looked up once, not on every call: reads run
+/// once per subscriber catching up and once per poll.
+pub struct Metered {
+    inner: Arc<dyn Store>,
+    append: Histogram,
+    read: Histogram,
+    head: Histogram,
+}
 
-fn record(op: &'static str, started: Instant) {
-    metrics::histogram!("herald_store_seconds", "op" => op).record(started.elapsed().as_secs_f64());
+impl Metered {
+    pub fn new(inner: Arc<dyn Store>) -> Metered {
+        let h = |op: &'static str| metrics::histogram!("herald_store_seconds", "op" => op);
+        Metered {
+            inner,
+            append: h("append"),
+            read: h("read"),
+            head: h("head"),
+        }
+    }
+}
+
+fn record(histogram: &Histogram, started: Instant) {
+    histogram.record(started.elapsed().as_secs_f64());
 }
 
 #[async_trait]
 impl Store for Metered {
     async fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<Appended>, StoreError> {
         let started = Instant::now();
-        let out = self.0.append(batch).await;
-        record("append", started);
+        let out = self.inner.append(batch).await;
+        record(&self.append, started);
         out
     }
 
     async fn read(&self, topic: &Topic, from: ReadFrom, limit: usize) -> Result<Page, StoreError> {
         let started = Instant::now();
-        let out = self.0.read(topic, from, limit).await;
-        record("read", started);
+        let out = self.inner.read(topic, from, limit).await;
+        record(&self.read, started);
         out
     }
 
     async fn head(&self, topic: &Topic) -> Result<EventId, StoreError> {
         let started = Instant::now();
-        let out = self.0.head(topic).await;
-        record("head", started);
+        let out = self.inner.head(topic).await;
+        record(&self.head, started);
         out
     }
 
     fn watch(&self, topic: &Topic) -> Watch {
-        self.0.watch(topic)
+        self.inner.watch(topic)
     }
 
     async fn health(&self) -> Result<(), StoreError> {
-        self.0.health().await
+        self.inner.health().await
     }
 
     fn describe(&self) -> String {
-        self.0.describe()
+        self.inner.describe()
     }
 }
