@@ -2,11 +2,10 @@
 //! over SSE, WebSocket or an NDJSON stream, ending after the final event.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +23,7 @@ use crate::state::AppState;
 use crate::subscribe::cursor;
 use crate::tasks::task_id;
 use crate::transport::sse::headers as sse_headers;
+use crate::transport::ws;
 use crate::transport::{SubscriptionGauge, gap_data};
 
 /// How a `wait` event writes the queue position.
@@ -191,16 +191,7 @@ fn ndjson_response(feed: Feed) -> Response {
 }
 
 fn websocket(state: &AppState, upgrade: WebSocketUpgrade, feed: Feed) -> Response {
-    let sockets = state.sockets().clone();
-    upgrade
-        .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| {
-            let token = sockets.token();
-            async move {
-                run_socket(socket, feed).await;
-                drop(token);
-            }
-        })
+    ws::upgrade(state, upgrade, move |socket| run_socket(socket, feed))
 }
 
 async fn run_socket(mut socket: WebSocket, mut feed: Feed) {
@@ -215,11 +206,7 @@ async fn run_socket(mut socket: WebSocket, mut feed: Feed) {
         };
         let message = match &item {
             FeedItem::End => {
-                let close = Message::Close(Some(CloseFrame {
-                    code: close_code::NORMAL,
-                    reason: Utf8Bytes::from_static("the task is over"),
-                }));
-                let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(close)).await;
+                ws::close(&mut socket, close_code::NORMAL, "the task is over").await;
                 return;
             }
             FeedItem::KeepAlive => Message::Ping(Bytes::new()),

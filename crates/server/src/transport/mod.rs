@@ -91,6 +91,8 @@ pub fn streaming_body<E: Encode>(
         queue: VecDeque<Bytes>,
         counters: StreamCounters,
         transport: Transport,
+        /// Bytes in `queue`, kept as items come and go.
+        queued: usize,
         /// The subscription ended; what is queued is the last to send.
         ended: bool,
         _gauge: SubscriptionGauge,
@@ -107,14 +109,23 @@ pub fn streaming_body<E: Encode>(
                 Next::Event(_) => self.counters.delivered.increment(1),
                 Next::Gap { .. } | Next::KeepAlive => {}
             }
+            let before = self.queue.len();
             self.encoder.encode(&self.sub, &next, &mut self.queue);
+            self.queued += self
+                .queue
+                .iter()
+                .skip(before)
+                .map(Bytes::len)
+                .sum::<usize>();
             true
         }
     }
+    let queue: VecDeque<Bytes> = first.into_iter().collect();
     let state = State {
         sub,
         encoder,
-        queue: first.into_iter().collect(),
+        queued: queue.iter().map(Bytes::len).sum(),
+        queue,
         counters: StreamCounters::default(),
         transport,
         ended: false,
@@ -130,9 +141,7 @@ pub fn streaming_body<E: Encode>(
                 // Whatever else is already waiting goes out in the same
                 // write: one frame, one syscall, however far behind the
                 // subscriber is.
-                while s.sub.is_live()
-                    && s.queue.iter().map(Bytes::len).sum::<usize>() < COALESCE_BYTES
-                {
+                while s.sub.is_live() && s.queued < COALESCE_BYTES {
                     let Some(next) = s.sub.next().now_or_never() else {
                         break;
                     };
@@ -148,12 +157,13 @@ pub fn streaming_body<E: Encode>(
         let bytes = if s.queue.len() == 1 {
             s.queue.pop_front().unwrap_or_default()
         } else {
-            let mut joined = BytesMut::with_capacity(s.queue.iter().map(Bytes::len).sum());
+            let mut joined = BytesMut::with_capacity(s.queued);
             for part in s.queue.drain(..) {
                 joined.extend_from_slice(&part);
             }
             joined.freeze()
         };
+        s.queued = 0;
         Some((Ok::<_, Infallible>(bytes), s))
     });
     Body::from_stream(body)

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use herald_core::{CursorInput, PollAnswer, Topic};
 use herald_protocol::json;
 
-use super::{StreamCounters, SubscriptionGauge};
+use super::SubscriptionGauge;
 use crate::error::ApiError;
 use crate::negotiate::Transport;
 use crate::query::Query;
@@ -48,9 +48,7 @@ pub fn to_response(answer: &PollAnswer) -> Response {
         }
         r
     } else {
-        StreamCounters::default()
-            .delivered
-            .increment(answer.events.len() as u64);
+        metrics::counter!("herald_events_delivered_total").increment(answer.events.len() as u64);
         let size: usize = answer.events.iter().map(|e| e.json_line().len()).sum();
         let mut body = Vec::with_capacity(size + next.len() + 48);
         body.extend_from_slice(b"{\"events\":[");

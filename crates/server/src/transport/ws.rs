@@ -23,8 +23,14 @@ const MAX_MESSAGE: usize = 64 * 1024;
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Upgrades the connection and streams `sub` over it.
-pub fn respond(state: &AppState, upgrade: WebSocketUpgrade, sub: Subscription) -> Response {
+/// Upgrades the connection with herald's socket settings and runs `serve`
+/// on it, tracked so graceful shutdown waits for its goodbye. Every
+/// WebSocket herald serves (topics, task events) goes through here.
+pub fn upgrade<F, Fut>(state: &AppState, upgrade: WebSocketUpgrade, serve: F) -> Response
+where
+    F: FnOnce(WebSocket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let sockets = state.sockets().clone();
     upgrade
         .read_buffer_size(READ_BUFFER)
@@ -33,14 +39,26 @@ pub fn respond(state: &AppState, upgrade: WebSocketUpgrade, sub: Subscription) -
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| {
-            // The token keeps graceful shutdown waiting until this socket
-            // has said goodbye.
             let token = sockets.token();
             async move {
-                run(socket, sub).await;
+                serve(socket).await;
                 drop(token);
             }
         })
+}
+
+/// Sends a close frame, giving a stuck peer at most [`CLOSE_TIMEOUT`].
+pub async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let close = Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }));
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(close)).await;
+}
+
+/// Upgrades the connection and streams `sub` over it.
+pub fn respond(state: &AppState, upgrade: WebSocketUpgrade, sub: Subscription) -> Response {
+    self::upgrade(state, upgrade, move |socket| run(socket, sub))
 }
 
 async fn run(mut socket: WebSocket, mut sub: Subscription) {
@@ -80,11 +98,7 @@ async fn run(mut socket: WebSocket, mut sub: Subscription) {
                     EndReason::Expired => (close_code::NORMAL, "stream reached its maximum age"),
                     EndReason::Store(_) => (close_code::ERROR, "store unavailable"),
                 };
-                let close = Message::Close(Some(CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from_static(why),
-                }));
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(close)).await;
+                close(&mut socket, code, why).await;
                 return;
             }
         };
