@@ -81,19 +81,7 @@ pub fn describe(task: &Task) -> String {
     line
 }
 
-/// The task as the JSON the server sent.
+/// The task as JSON, the fields the client knows.
 pub fn task_json(task: &Task) -> serde_json::Value {
-    serde_json::json!({
-        "id": task.id,
-        "queue": task.queue,
-        "status": task.status,
-        "payload": task.payload,
-        "progress": task.progress,
-        "message": task.message,
-        "position": task.position,
-        "result": task.result,
-        "error": task.error,
-        "attempts": task.attempts,
-        "max_attempts": task.max_attempts,
-    })
+    serde_json::to_value(task).unwrap_or_default()
 }

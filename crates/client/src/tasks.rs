@@ -22,7 +22,7 @@ pub enum Payload {
 }
 
 /// A task as the server reports it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 pub struct Task {
     pub id: String,
     pub queue: String,
