@@ -5,6 +5,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 /// How long any single wait in these tests may take before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -205,4 +208,64 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
     tokio::time::timeout(PATIENCE, fut)
         .await
         .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// A raw HTTP connection that collects everything the server sends.
+pub struct Raw {
+    pub stream: TcpStream,
+    pub seen: Vec<u8>,
+}
+
+impl Raw {
+    /// Sends more bytes on the connection.
+    pub async fn send(&mut self, bytes: &str) {
+        self.stream.write_all(bytes.as_bytes()).await.unwrap();
+    }
+
+    pub async fn request(server: &Server, head: &str) -> Raw {
+        let mut stream = TcpStream::connect(&server.addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        Raw {
+            stream,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads until `needle` has been seen; returns everything so far.
+    pub async fn until(&mut self, needle: &str) -> String {
+        self.until_n(needle, 1).await
+    }
+
+    /// Reads until `needle` has been seen `n` times; returns everything so far.
+    pub async fn until_n(&mut self, needle: &str, n: usize) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let mut buf = [0u8; 8192];
+        while String::from_utf8_lossy(&self.seen).matches(needle).count() < n {
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "never saw {needle:?} in {:?}",
+                        String::from_utf8_lossy(&self.seen)
+                    )
+                })
+                .unwrap();
+            assert!(
+                n > 0,
+                "closed before {needle:?}: {:?}",
+                String::from_utf8_lossy(&self.seen)
+            );
+            self.seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+
+    /// Reads until the server closes the connection.
+    pub async fn read_to_close(&mut self) -> String {
+        tokio::time::timeout(PATIENCE, self.stream.read_to_end(&mut self.seen))
+            .await
+            .expect("server did not close")
+            .unwrap();
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
 }

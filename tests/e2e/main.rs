@@ -14,6 +14,7 @@ mod bench_smoke;
 mod cli;
 mod client;
 mod cluster;
+mod direct;
 mod durability;
 mod node;
 mod publish;

@@ -1,60 +1,7 @@
 //! The exact bytes on the wire, read from a raw TCP socket: SSE framing,
 //! headers, chunked and close-delimited streams, HTTP/1.0.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-use crate::harness::{PATIENCE, Server, publish};
-
-/// A raw HTTP connection that collects everything the server sends.
-struct Raw {
-    stream: TcpStream,
-    seen: Vec<u8>,
-}
-
-impl Raw {
-    async fn request(server: &Server, head: &str) -> Raw {
-        let mut stream = TcpStream::connect(&server.addr).await.unwrap();
-        stream.write_all(head.as_bytes()).await.unwrap();
-        Raw {
-            stream,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Reads until `needle` has been seen; returns everything so far.
-    async fn until(&mut self, needle: &str) -> String {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        let mut buf = [0u8; 8192];
-        while !String::from_utf8_lossy(&self.seen).contains(needle) {
-            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut buf))
-                .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "never saw {needle:?} in {:?}",
-                        String::from_utf8_lossy(&self.seen)
-                    )
-                })
-                .unwrap();
-            assert!(
-                n > 0,
-                "closed before {needle:?}: {:?}",
-                String::from_utf8_lossy(&self.seen)
-            );
-            self.seen.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&self.seen).into_owned()
-    }
-
-    /// Reads until the server closes the connection.
-    async fn read_to_close(&mut self) -> String {
-        tokio::time::timeout(PATIENCE, self.stream.read_to_end(&mut self.seen))
-            .await
-            .expect("server did not close")
-            .unwrap();
-        String::from_utf8_lossy(&self.seen).into_owned()
-    }
-}
+use crate::harness::{Raw, Server, publish};
 
 fn sse_get(path: &str, extra: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{extra}\r\n")

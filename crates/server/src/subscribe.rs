@@ -38,7 +38,12 @@ pub async fn one(
 }
 
 pub async fn many(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
-    let query = Query::parse(request.uri().query());
+    let topics = query_topics(&Query::parse(request.uri().query()))?;
+    subscribe(state, topics, request).await
+}
+
+/// The topics of `/subscribe?topic=…&topic=…`, each once, in order.
+pub fn query_topics(query: &Query) -> Result<Vec<Topic>, ApiError> {
     let mut topics: Vec<Topic> = Vec::new();
     for name in query.all("topic") {
         let t = topic(name)?;
@@ -55,7 +60,34 @@ pub async fn many(State(state): State<AppState>, request: Request) -> Result<Res
             format!("at most {MAX_TOPICS} topics"),
         ));
     }
-    subscribe(state, topics, request).await
+    Ok(topics)
+}
+
+/// What a subscribe request asks for, read from its headers and query.
+#[derive(Debug)]
+pub struct Plan {
+    pub transport: Transport,
+    pub cursor: CursorInput,
+    pub query: Query,
+}
+
+impl Plan {
+    /// Negotiates the transport and reads the cursor: from the beginning
+    /// for a short poll, from now for everything else.
+    pub fn new(headers: &HeaderMap, query: Query) -> Result<Plan, ApiError> {
+        let transport = negotiate(headers, &query)?;
+        let default = if transport == Transport::Poll {
+            CursorInput::All
+        } else {
+            CursorInput::Now
+        };
+        let cursor = cursor(headers, &query, default);
+        Ok(Plan {
+            transport,
+            cursor,
+            query,
+        })
+    }
 }
 
 async fn subscribe(
@@ -64,14 +96,11 @@ async fn subscribe(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (mut parts, _body) = request.into_parts();
-    let query = Query::parse(parts.uri.query());
-    let transport = negotiate(&parts.headers, &query)?;
-    let default = if transport == Transport::Poll {
-        CursorInput::All
-    } else {
-        CursorInput::Now
-    };
-    let cursor = cursor(&parts.headers, &query, default);
+    let Plan {
+        transport,
+        cursor,
+        query,
+    } = Plan::new(&parts.headers, Query::parse(parts.uri.query()))?;
     let hub = state.hub();
     match transport {
         Transport::WebSocket => {

@@ -75,96 +75,122 @@ pub trait Encode: Send + 'static {
     fn encode(&mut self, sub: &Subscription, next: &Next, out: &mut VecDeque<Bytes>);
 }
 
-/// A response body that streams a subscription through `encoder`, opening
-/// with `first`. Everything the stream holds — the subscription, its watches,
-/// the gauge — is dropped when hyper drops the body, i.e. when the client
-/// goes away.
-pub fn streaming_body<E: Encode>(
+/// What a stream has to send next: the subscription, its encoder and the
+/// bytes encoded but not yet written. Both ways a stream reaches a socket —
+/// hyper's body ([`streaming_body`]) and the direct path — drain one of
+/// these, so coalescing and accounting live in one place.
+pub struct Outbox<E> {
     sub: Subscription,
-    transport: Transport,
-    first: Option<Bytes>,
     encoder: E,
-) -> Body {
-    struct State<E> {
-        sub: Subscription,
-        encoder: E,
-        queue: VecDeque<Bytes>,
-        counters: StreamCounters,
-        transport: Transport,
-        /// Bytes in `queue`, kept as items come and go.
-        queued: usize,
-        /// The subscription ended; what is queued is the last to send.
-        ended: bool,
-        _gauge: SubscriptionGauge,
-    }
-    impl<E: Encode> State<E> {
-        /// Queues the bytes for `next`; `false` once the subscription ended.
-        fn take(&mut self, next: Next) -> bool {
-            match &next {
-                Next::End(reason) => {
-                    self.counters.ended(reason, self.transport);
-                    self.ended = true;
-                    return false;
-                }
-                Next::Event(_) => self.counters.delivered.increment(1),
-                Next::Gap { .. } | Next::KeepAlive => {}
-            }
-            let before = self.queue.len();
-            self.encoder.encode(&self.sub, &next, &mut self.queue);
-            self.queued += self
-                .queue
-                .iter()
-                .skip(before)
-                .map(Bytes::len)
-                .sum::<usize>();
-            true
+    queue: VecDeque<Bytes>,
+    counters: StreamCounters,
+    transport: Transport,
+    /// Bytes in `queue`, kept as items come and go.
+    queued: usize,
+    /// The subscription ended; what is queued is the last to send.
+    ended: bool,
+    _gauge: SubscriptionGauge,
+}
+
+impl<E: Encode> Outbox<E> {
+    /// An outbox for `sub` that opens with `first`; counts the subscription
+    /// in `herald_subscriptions` for as long as it lives.
+    pub fn new(sub: Subscription, transport: Transport, first: Option<Bytes>, encoder: E) -> Self {
+        let queue: VecDeque<Bytes> = first.into_iter().collect();
+        Outbox {
+            sub,
+            encoder,
+            queued: queue.iter().map(Bytes::len).sum(),
+            queue,
+            counters: StreamCounters::default(),
+            transport,
+            ended: false,
+            _gauge: SubscriptionGauge::open(transport),
         }
     }
-    let queue: VecDeque<Bytes> = first.into_iter().collect();
-    let state = State {
-        sub,
-        encoder,
-        queued: queue.iter().map(Bytes::len).sum(),
-        queue,
-        counters: StreamCounters::default(),
-        transport,
-        ended: false,
-        _gauge: SubscriptionGauge::open(transport),
-    };
-    let body = unfold(state, |mut s| async move {
-        if s.queue.is_empty() {
-            if s.ended {
-                return None;
-            }
-            let next = s.sub.next().await;
-            if s.take(next) {
-                // Whatever else is already waiting goes out in the same
-                // write: one frame, one syscall, however far behind the
-                // subscriber is.
-                while s.sub.is_live() && s.queued < COALESCE_BYTES {
-                    let Some(next) = s.sub.next().now_or_never() else {
-                        break;
-                    };
-                    if !s.take(next) {
-                        break;
-                    }
+
+    /// Waits until there is something to send, then takes whatever else is
+    /// already waiting too (up to [`COALESCE_BYTES`]), so a subscriber that
+    /// is behind gets one write, not one per event. Returns at once if
+    /// bytes are queued or the subscription has ended. Cancel-safe: if
+    /// dropped while waiting, nothing is lost.
+    pub async fn fill(&mut self) {
+        if !self.queue.is_empty() || self.ended {
+            return;
+        }
+        let next = self.sub.next().await;
+        if self.take(next) {
+            while self.sub.is_live() && self.queued < COALESCE_BYTES {
+                let Some(next) = self.sub.next().now_or_never() else {
+                    break;
+                };
+                if !self.take(next) {
+                    break;
                 }
             }
-            if s.queue.is_empty() {
-                return None;
-            }
         }
-        let bytes = if s.queue.len() == 1 {
-            s.queue.pop_front().unwrap_or_default()
-        } else {
-            let mut joined = BytesMut::with_capacity(s.queued);
-            for part in s.queue.drain(..) {
-                joined.extend_from_slice(&part);
+    }
+
+    /// Nothing queued and nothing more to come.
+    pub fn is_finished(&self) -> bool {
+        self.ended && self.queue.is_empty()
+    }
+
+    /// Moves the queued bytes, in order, to the end of `out`; returns how
+    /// many bytes that was.
+    pub fn drain_into(&mut self, out: &mut VecDeque<Bytes>) -> usize {
+        out.extend(self.queue.drain(..));
+        std::mem::take(&mut self.queued)
+    }
+
+    /// The queued bytes as one buffer (copied only if there are several).
+    pub fn drain_joined(&mut self) -> Option<Bytes> {
+        let bytes = match self.queue.len() {
+            0 => return None,
+            1 => self.queue.pop_front().unwrap_or_default(),
+            _ => {
+                let mut joined = BytesMut::with_capacity(self.queued);
+                for part in self.queue.drain(..) {
+                    joined.extend_from_slice(&part);
+                }
+                joined.freeze()
             }
-            joined.freeze()
         };
-        s.queued = 0;
-        Some((Ok::<_, Infallible>(bytes), s))
+        self.queued = 0;
+        Some(bytes)
+    }
+
+    /// Queues the bytes for `next`; `false` once the subscription ended.
+    fn take(&mut self, next: Next) -> bool {
+        match &next {
+            Next::End(reason) => {
+                self.counters.ended(reason, self.transport);
+                self.ended = true;
+                return false;
+            }
+            Next::Event(_) => self.counters.delivered.increment(1),
+            Next::Gap { .. } | Next::KeepAlive => {}
+        }
+        let before = self.queue.len();
+        self.encoder.encode(&self.sub, &next, &mut self.queue);
+        self.queued += self
+            .queue
+            .iter()
+            .skip(before)
+            .map(Bytes::len)
+            .sum::<usize>();
+        true
+    }
+}
+
+/// A response body that streams `outbox`. Everything the stream holds —
+/// the subscription, its watches, the gauge — is dropped when hyper drops
+/// the body, i.e. when the client goes away.
+pub fn streaming_body<E: Encode>(outbox: Outbox<E>) -> Body {
+    let body = unfold(outbox, |mut out| async move {
+        out.fill().await;
+        let bytes = out.drain_joined()?;
+        Some((Ok::<_, Infallible>(bytes), out))
     });
     Body::from_stream(body)
 }

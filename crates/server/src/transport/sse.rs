@@ -2,14 +2,14 @@
 
 use std::collections::VecDeque;
 
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald_core::Subscription;
 use herald_core::subscription::Next;
 use herald_protocol::sse;
 
-use super::{Encode, gap_data, streaming_body};
+use super::{Encode, Outbox, gap_data, streaming_body};
 use crate::negotiate::Transport;
 use crate::state::AppState;
 
@@ -53,7 +53,11 @@ impl Encode for SseEncoder {
 
 /// The response headers SPEC requires of every event stream.
 pub fn headers(response: &mut Response) {
-    let h = response.headers_mut();
+    set_headers(response.headers_mut());
+}
+
+/// [`headers`] on a bare header map (the direct path writes its own heads).
+pub fn set_headers(h: &mut HeaderMap) {
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
@@ -72,10 +76,17 @@ pub fn retry_later(state: &AppState) -> Response {
     response
 }
 
-/// Answers with an SSE stream of `sub`. A stream over several topics
+/// Answers with an SSE stream of `sub`.
+pub fn respond(state: &AppState, sub: Subscription, encoder: SseEncoder) -> Response {
+    let mut response = streaming_body(outbox(state, sub, encoder)).into_response();
+    headers(&mut response);
+    response
+}
+
+/// The stream of `sub`, ready to be written. A stream over several topics
 /// starts by setting the client's last event id to its starting cursor, so
 /// even a reconnect before the first event resumes every topic exactly.
-pub fn respond(state: &AppState, sub: Subscription, encoder: SseEncoder) -> Response {
+pub fn outbox(state: &AppState, sub: Subscription, encoder: SseEncoder) -> Outbox<SseEncoder> {
     let first = if sub.is_multi() {
         let mut first = state.sse_preamble().to_vec();
         first.extend_from_slice(&sse::encode_id_line(&sub.cursor_text()));
@@ -84,8 +95,5 @@ pub fn respond(state: &AppState, sub: Subscription, encoder: SseEncoder) -> Resp
     } else {
         state.sse_preamble()
     };
-    let body = streaming_body(sub, Transport::Sse, Some(first), encoder);
-    let mut response = body.into_response();
-    headers(&mut response);
-    response
+    Outbox::new(sub, Transport::Sse, Some(first), encoder)
 }

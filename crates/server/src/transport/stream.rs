@@ -4,17 +4,18 @@
 
 use std::collections::VecDeque;
 
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald_core::Subscription;
 use herald_core::subscription::Next;
 use herald_protocol::{json, ndjson};
 
-use super::{Encode, gap_data, streaming_body};
+use super::{Encode, Outbox, gap_data, streaming_body};
 use crate::negotiate::Transport;
 
-struct NdjsonEncoder;
+/// One JSON object per line.
+pub struct NdjsonEncoder;
 
 impl Encode for NdjsonEncoder {
     fn encode(&mut self, sub: &Subscription, next: &Next, out: &mut VecDeque<Bytes>) {
@@ -44,13 +45,22 @@ impl Encode for NdjsonEncoder {
 
 /// Answers with an NDJSON stream of `sub`.
 pub fn respond(sub: Subscription) -> Response {
-    let mut response = streaming_body(sub, Transport::Stream, None, NdjsonEncoder).into_response();
-    let h = response.headers_mut();
+    let mut response = streaming_body(outbox(sub)).into_response();
+    set_headers(response.headers_mut());
+    response
+}
+
+/// The NDJSON stream of `sub`, ready to be written.
+pub fn outbox(sub: Subscription) -> Outbox<NdjsonEncoder> {
+    Outbox::new(sub, Transport::Stream, None, NdjsonEncoder)
+}
+
+/// The headers of every NDJSON stream.
+pub fn set_headers(h: &mut HeaderMap) {
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-ndjson"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
 }

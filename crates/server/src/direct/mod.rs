@@ -1,0 +1,323 @@
+//! The direct path: subscribe requests over HTTP/1 — SSE, NDJSON streams,
+//! long and short polls of `GET /topics/{topic}` and `GET /subscribe` —
+//! answered straight on the socket; everything else goes to hyper and the
+//! router, along with the bytes already read.
+//!
+//! Why: a stream held through hyper keeps hyper's per-connection read and
+//! write buffers (8 KiB each) and the router's service state for as long as
+//! the subscriber stays, ~30 KB per idle subscriber in all, where herald's
+//! own part is ~2 KB; and every event goes through hyper's body machinery
+//! for each subscriber. Here an idle subscriber holds its socket, its
+//! subscription and nothing else, and an event is one `writev` of the
+//! shared encoded bytes.
+//!
+//! What the direct path answers, it answers with the same code as the
+//! router (the same [`Plan`], transports, errors and heads as hyper would
+//! write), so a client cannot tell which path served it. It reads a request
+//! only if it is a plain `GET` (see [`head::RequestHead::is_plain_get`]);
+//! WebSocket upgrades, bodies, HTTP/2 and every other route are hyper's,
+//! and once hyper has a connection it keeps it.
+
+use std::collections::VecDeque;
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{Buf, Bytes, BytesMut};
+use herald_core::{StoreError, Topic};
+use http_body_util::BodyExt;
+use tokio::net::TcpStream;
+
+use crate::error::ApiError;
+use crate::negotiate::Transport;
+use crate::publish::topic;
+use crate::query::Query;
+use crate::state::AppState;
+use crate::subscribe::{Plan, query_topics};
+use crate::transport::{Encode, Outbox, long_poll, poll, sse, stream};
+
+pub mod head;
+pub mod socket;
+
+use head::{Framing, Parsed};
+use socket::Rewind;
+
+/// Longest request head read before leaving the connection to hyper (which
+/// answers `431`); also the most a client may send while a stream or long
+/// poll is open before the connection is closed.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// How a connection left the direct path.
+#[derive(Debug)]
+pub enum Outcome {
+    /// It is over; drop it.
+    Closed,
+    /// hyper serves it from here, starting with the bytes already read.
+    Handover(Rewind),
+}
+
+/// What the direct path does with a request.
+enum Decision {
+    /// Answer it here: the topics and plan, or the error to answer with.
+    Answer(Result<(Vec<Topic>, Plan), ApiError>),
+    /// Leave it (and the rest of the connection) to hyper.
+    Hyper,
+}
+
+/// Whether the connection can take another request afterwards.
+#[derive(Debug, PartialEq, Eq)]
+enum After {
+    Next,
+    Close,
+}
+
+/// Serves requests on `tcp` for as long as they are ones the direct path
+/// answers.
+pub async fn serve(state: &AppState, tcp: TcpStream) -> Outcome {
+    let mut buf = BytesMut::new();
+    loop {
+        let head = loop {
+            if !buf.is_empty() {
+                match head::parse(&buf) {
+                    Parsed::Head(head) => break head,
+                    Parsed::Partial if buf.len() < MAX_HEAD => {}
+                    Parsed::Partial | Parsed::Foreign => {
+                        return Outcome::Handover(Rewind::new(buf.freeze(), tcp));
+                    }
+                }
+            }
+            let read = tokio::select! {
+                read = socket::read_some(&tcp, &mut buf) => read,
+                () = state.shutdown().cancelled() => return Outcome::Closed,
+            };
+            if !matches!(read, Ok(n) if n > 0) {
+                return Outcome::Closed;
+            }
+        };
+        let job = match decide(&head) {
+            Decision::Answer(job) => job,
+            Decision::Hyper => return Outcome::Handover(Rewind::new(buf.freeze(), tcp)),
+        };
+        let http10 = head.http10;
+        buf.advance(head.len);
+        drop(head);
+        if buf.is_empty() {
+            // Give the read space back: an idle subscriber holds no buffer.
+            buf = BytesMut::new();
+        }
+        let after = answer(state, &tcp, http10, job, &mut buf).await;
+        if after == After::Close || http10 || state.shutdown().is_cancelled() {
+            // Let the other answers woken with this one go out before this
+            // connection's close takes its turn.
+            tokio::task::yield_now().await;
+            return Outcome::Closed;
+        }
+    }
+}
+
+/// Routes `head` the way the router would, for the two subscribe routes.
+fn decide(head: &head::RequestHead) -> Decision {
+    if !head.is_plain_get() {
+        return Decision::Hyper;
+    }
+    let query = Query::parse(head.query.as_deref());
+    let topics = if head.path == "/subscribe" {
+        query_topics(&query)
+    } else if let Some(segment) = head.path.strip_prefix("/topics/")
+        && !segment.is_empty()
+        && !segment.contains('/')
+    {
+        // The router's path extractor decodes the segment; a segment that
+        // does not decode is its to refuse.
+        match percent_encoding::percent_decode_str(segment).decode_utf8() {
+            Ok(name) => topic(&name).map(|t| vec![t]),
+            Err(_) => return Decision::Hyper,
+        }
+    } else {
+        return Decision::Hyper;
+    };
+    let job = topics.and_then(|topics| Ok((topics, Plan::new(&head.headers, query)?)));
+    match &job {
+        Ok((_, plan)) if plan.transport == Transport::WebSocket => Decision::Hyper,
+        _ => Decision::Answer(job),
+    }
+}
+
+/// Answers one request: the same answers the router's subscribe handler
+/// gives, written here.
+async fn answer(
+    state: &AppState,
+    tcp: &TcpStream,
+    http10: bool,
+    job: Result<(Vec<Topic>, Plan), ApiError>,
+    buf: &mut BytesMut,
+) -> After {
+    let (topics, plan) = match job {
+        Ok(job) => job,
+        Err(e) => return respond(tcp, http10, e.into_response()).await,
+    };
+    let Plan {
+        transport,
+        cursor,
+        query,
+    } = plan;
+    let hub = state.hub();
+    match transport {
+        Transport::Sse => match hub.subscribe(topics, &cursor).await {
+            Ok(sub) => {
+                let outbox = sse::outbox(state, sub, sse::SseEncoder::default());
+                stream_out(tcp, http10, sse::set_headers, outbox, buf).await
+            }
+            Err(StoreError::Unavailable(why)) => {
+                tracing::warn!(%why, "an SSE client was asked to retry: the store is unavailable");
+                respond(tcp, http10, sse::retry_later(state)).await
+            }
+            Err(e) => respond(tcp, http10, ApiError::from(e).into_response()).await,
+        },
+        Transport::Stream => match hub.subscribe(topics, &cursor).await {
+            Ok(sub) => stream_out(tcp, http10, stream::set_headers, stream::outbox(sub), buf).await,
+            Err(e) => respond(tcp, http10, ApiError::from(e).into_response()).await,
+        },
+        Transport::LongPoll => {
+            let answer = tokio::select! {
+                answer = long_poll::respond(state, &topics, &cursor, &query) => answer,
+                () = client_gone(tcp, buf) => return After::Close,
+            };
+            respond(tcp, http10, answer.into_response()).await
+        }
+        Transport::Poll => {
+            let answer = poll::respond(state, &topics, &cursor, &query).await;
+            respond(tcp, http10, answer.into_response()).await
+        }
+        // `decide` leaves upgrades to hyper.
+        Transport::WebSocket => After::Close,
+    }
+}
+
+/// Writes a whole response (status, headers, body) as hyper would.
+async fn respond(tcp: &TcpStream, http10: bool, response: Response) -> After {
+    let (parts, body) = response.into_parts();
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return After::Close;
+    };
+    let head = head::response(
+        http10,
+        parts.status,
+        &parts.headers,
+        Framing::Length(body.len()),
+        &date(),
+    );
+    let mut out = VecDeque::from([Bytes::from(head)]);
+    if head::has_body(parts.status) && !body.is_empty() {
+        out.push_back(body);
+    }
+    match socket::write_all(tcp, &mut out).await {
+        Ok(()) => After::Next,
+        Err(_) => After::Close,
+    }
+}
+
+/// Streams `outbox` until it ends or the client goes: close-delimited on
+/// HTTP/1.0, chunked on HTTP/1.1. Everything waiting goes out in one write.
+async fn stream_out<E: Encode>(
+    tcp: &TcpStream,
+    http10: bool,
+    set_headers: fn(&mut HeaderMap),
+    mut outbox: Outbox<E>,
+    buf: &mut BytesMut,
+) -> After {
+    let mut headers = HeaderMap::new();
+    set_headers(&mut headers);
+    let framing = if http10 {
+        Framing::Close
+    } else {
+        Framing::Chunked
+    };
+    let head = head::response(http10, StatusCode::OK, &headers, framing, &date());
+    drop(headers);
+    let mut out = VecDeque::from([Bytes::from(head)]);
+    let mut line = BytesMut::new();
+    // The head goes out at once, with whatever the stream opens with.
+    let mut opening = true;
+    loop {
+        if !opening {
+            tokio::select! {
+                () = outbox.fill() => {}
+                () = client_gone(tcp, buf) => return After::Close,
+            }
+        }
+        opening = false;
+        if framing == Framing::Chunked {
+            // The chunk's size line goes before its data, which is only
+            // known once drained: hold a place for it.
+            let at = out.len();
+            out.push_back(Bytes::new());
+            match outbox.drain_into(&mut out) {
+                0 => drop(out.remove(at)),
+                len => {
+                    out[at] = chunk_line(&mut line, len);
+                    out.push_back(Bytes::from_static(b"\r\n"));
+                }
+            }
+        } else {
+            outbox.drain_into(&mut out);
+        }
+        let finished = outbox.is_finished();
+        if finished && framing == Framing::Chunked {
+            out.push_back(Bytes::from_static(head::LAST_CHUNK));
+        }
+        if socket::write_all(tcp, &mut out).await.is_err() {
+            return After::Close;
+        }
+        if finished {
+            return if framing == Framing::Chunked {
+                After::Next
+            } else {
+                After::Close
+            };
+        }
+    }
+}
+
+/// The size line of a chunk of `len` bytes, written into `line`'s space
+/// (reused once the previous line has been written and dropped).
+fn chunk_line(line: &mut BytesMut, len: usize) -> Bytes {
+    use std::fmt::Write;
+    // Writing to a BytesMut cannot fail.
+    let _ = write!(line, "{len:x}\r\n");
+    line.split().freeze()
+}
+
+/// Resolves when the client has gone (end of stream, a read error) or has
+/// sent more than [`MAX_HEAD`] while waiting for its answer; what it sends
+/// meanwhile is kept in `buf` as its next request.
+async fn client_gone(tcp: &TcpStream, buf: &mut BytesMut) {
+    loop {
+        match socket::read_some(tcp, buf).await {
+            Ok(n) if n > 0 && buf.len() <= MAX_HEAD => {}
+            _ => return,
+        }
+    }
+}
+
+/// The `date` header's value, now.
+fn date() -> String {
+    httpdate::fmt_http_date(std::time::SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_lines_are_hex_and_reuse_their_space() {
+        let mut line = BytesMut::new();
+        assert_eq!(chunk_line(&mut line, 22), "16\r\n");
+        assert_eq!(chunk_line(&mut line, 65536), "10000\r\n");
+        for len in 0..1000 {
+            assert_eq!(
+                chunk_line(&mut line, len),
+                format!("{len:x}\r\n").as_bytes()
+            );
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The socket as the direct path uses it: vectored writes of shared
+//! `Bytes`, reads that keep nothing allocated while the peer is quiet, and
+//! [`Rewind`], which gives hyper a connection along with the bytes already
+//! read from it.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Most buffers handed to one `writev`.
+const MAX_SLICES: usize = 64;
+
+/// How much is read at a time; also what a connection holds while a head is
+/// coming in.
+const READ_CHUNK: usize = 1024;
+
+/// Writes every buffer of `parts`, in order, with as few syscalls as the
+/// socket allows; `parts` is empty afterwards unless an error came first.
+pub async fn write_all(tcp: &TcpStream, parts: &mut VecDeque<Bytes>) -> io::Result<()> {
+    while !parts.is_empty() {
+        let written = {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (slot, part) in slices.iter_mut().zip(parts.iter()) {
+                *slot = IoSlice::new(part);
+                count += 1;
+            }
+            tcp.try_write_vectored(&slices[..count])
+        };
+        match written {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => consume(parts, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Drops the first `n` bytes of `parts`.
+fn consume(parts: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = parts.front_mut() else {
+            return;
+        };
+        if front.len() <= n {
+            n -= front.len();
+            parts.pop_front();
+        } else {
+            front.advance(n);
+            n = 0;
+        }
+    }
+    while parts.front().is_some_and(Bytes::is_empty) {
+        parts.pop_front();
+    }
+}
+
+/// Waits until the peer sends something, then appends what is there to
+/// `buf`. `Ok(0)` is the end of the stream. No buffer space is taken
+/// until there is something to read.
+pub async fn read_some(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    loop {
+        tcp.readable().await?;
+        buf.reserve(READ_CHUNK);
+        match tcp.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+/// A connection with bytes already read from it in front, for hyper to
+/// read first.
+#[derive(Debug)]
+pub struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    pub fn new(prefix: Bytes, inner: TcpStream) -> Rewind {
+        Rewind { prefix, inner }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consume_walks_across_buffers() {
+        let mut parts: VecDeque<Bytes> = [&b"abc"[..], b"", b"de", b"fgh"]
+            .into_iter()
+            .map(Bytes::from_static)
+            .collect();
+        consume(&mut parts, 4);
+        assert_eq!(parts, [&b"e"[..], b"fgh"]);
+        consume(&mut parts, 1);
+        assert_eq!(parts, [&b"fgh"[..]]);
+        consume(&mut parts, 3);
+        assert!(parts.is_empty());
+    }
+}
