@@ -70,3 +70,40 @@ fn the_load_driver_runs_every_mode_and_loses_nothing() {
     assert_eq!(lp["woken"], 50, "{lp}");
     assert_eq!(lp["errors"], 0, "{lp}");
 }
+
+#[test]
+fn the_load_driver_measures_publish_throughput() {
+    let server = Server::start(&[]);
+    let p = run(
+        &server,
+        &[
+            "publish",
+            "--publishers",
+            "4",
+            "--secs",
+            "1",
+            "--topic",
+            "smoke",
+        ],
+    );
+    assert_eq!(p["publishers"], 4, "{p}");
+    assert_eq!(p["errors"], 0, "{p}");
+    assert!(p["events"].as_u64().unwrap() > 0, "{p}");
+    assert!(p["events_per_s"].as_u64().unwrap() > 0, "{p}");
+    // The server stored exactly one event per 201, warm-up included.
+    assert_eq!(p["server_counted"], p["all_201"], "{p}");
+    assert!(p["latency"]["p50_ms"].as_f64().is_some(), "{p}");
+    assert!(p["latency"]["max_ms"].as_f64().unwrap() > 0.0, "{p}");
+}
+
+#[test]
+fn the_load_driver_runs_the_task_cycle() {
+    let server = Server::start(&[]);
+    let t = run(&server, &["tasks", "--workers", "2", "--tasks", "50"]);
+    assert_eq!(t["told"], 50, "{t}");
+    assert_eq!(t["errors"], 0, "{t}");
+    assert_eq!(t["server_succeeded"], 50, "{t}");
+    assert!(t["tasks_per_s"].as_u64().unwrap() > 0, "{t}");
+    assert!(t["latency"]["p50_ms"].as_f64().is_some(), "{t}");
+    assert!(t["latency"]["max_ms"].as_f64().unwrap() > 0.0, "{t}");
+}

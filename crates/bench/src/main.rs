@@ -4,8 +4,8 @@
 //! through tokio-tungstenite), spread over the source addresses
 //! 127.0.0.2–127.0.0.250 so the ephemeral port range never runs out, and
 //! measures what a client sees: connections opened per second, server memory
-//! per connection, fan-out delivery rate and publish→receive latency, and
-//! long-poll wake latency. It reads its own CPU time and, with
+//! per connection, fan-out delivery rate and publish→receive latency,
+//! long-poll wake latency, publish throughput and the task cycle's rate. It reads its own CPU time and, with
 //! `--server-pid`, the server's CPU time and resident set, so every result
 //! shows which side was the bottleneck. See `docs/performance.md`.
 //!
@@ -17,14 +17,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod fanout;
+mod http1;
 mod idle;
 mod longpoll;
 mod metrics;
 mod net;
 mod procfs;
 mod publish;
+mod publish_rate;
 mod report;
 mod subscriber;
+mod tasks;
 
 use clap::{Parser, Subcommand};
 
@@ -35,13 +38,17 @@ use crate::net::Target;
 #[derive(Parser)]
 #[command(
     name = "herald-bench",
-    about = "Load driver for a running herald: idle subscribers, fan-out, many topics, parked long polls",
-    after_help = "Publish throughput and the task cycle are not here: they live in \
-                  `cargo bench --bench publish` and `cargo bench --bench tasks`, \
-                  which start their own server.\n\n\
-                  Run the server with a large retention for fan-out at full rate, e.g.\n  \
+    about = "Load driver for a running herald: idle subscribers, fan-out, many topics, \
+             parked long polls, publish throughput, the task cycle",
+    after_help = "The store is whatever the server was started with: start a memory-store \
+                  or a file-store server to measure either. Pin the server and the driver \
+                  to different cores, e.g.\n  \
                   taskset -c 0 herald serve --store memory --retention-events 1000000\n  \
-                  taskset -c 1 herald-bench --server-pid $(pgrep -n herald) fanout --subs 1000 --events 20000"
+                  taskset -c 1 herald-bench --server-pid $(pgrep -n herald) fanout --subs 1000 --events 20000\n  \
+                  taskset -c 1 herald-bench --server-pid $(pgrep -n herald) publish --publishers 64\n  \
+                  taskset -c 1 herald-bench --server-pid $(pgrep -n herald) tasks --workers 16\n\n\
+                  `cargo bench --bench publish` and `cargo bench --bench tasks` measure the \
+                  same with a server of their own, over every store."
 )]
 struct Cli {
     /// The herald to drive.
@@ -100,6 +107,40 @@ enum Mode {
         #[arg(long, default_value = "lp")]
         topic: String,
     },
+    /// N publishers, each on its own keep-alive connection with one request
+    /// in flight, POST 100-byte events to one topic flat out: events/s and
+    /// publish latency after a 1 s warm-up.
+    Publish {
+        /// Concurrent publishers, each on its own connection.
+        #[arg(long)]
+        publishers: usize,
+        /// Measured seconds (after the warm-up).
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// The topic to publish to.
+        #[arg(long, default_value = "bench")]
+        topic: String,
+    },
+    /// The task cycle: N tasks enqueued, W workers claim (long poll) and
+    /// complete them, a waiting client long polls each result: tasks/s and
+    /// enqueue → waiting client told latency.
+    Tasks {
+        /// Concurrent workers, each looping claim → complete on its own
+        /// connection.
+        #[arg(long)]
+        workers: usize,
+        /// Tasks to enqueue.
+        #[arg(long, default_value_t = 2000)]
+        tasks: usize,
+        /// The queue; by default a fresh one per run, so no task left
+        /// over from an earlier run is claimed.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Waiting clients outstanding at most: the submitter enqueues only
+        /// while fewer wait, so this also bounds the tasks in flight.
+        #[arg(long, default_value_t = 256)]
+        waiters: usize,
+    },
 }
 
 impl Mode {
@@ -109,6 +150,13 @@ impl Mode {
             Mode::Idle { conns, .. } => *conns,
             Mode::Fanout { subs, .. } | Mode::Topics { subs, .. } => *subs,
             Mode::Longpoll { polls, .. } => *polls,
+            // One each, and one for /metrics.
+            Mode::Publish { publishers, .. } => publishers + 1,
+            // The workers', the waiting clients', the submitter's and
+            // /metrics'.
+            Mode::Tasks {
+                workers, waiters, ..
+            } => workers + waiters + 2,
         }
     }
 }
@@ -181,6 +229,33 @@ async fn run(cli: Cli, nofile: u64) -> bool {
             fanout::deliver(&t, load, topics, concurrency).await
         }
         Mode::Longpoll { polls, topic } => longpoll::longpoll(&t, polls, &topic, concurrency).await,
+        Mode::Publish {
+            publishers,
+            secs,
+            topic,
+        } => {
+            let load = publish_rate::Load {
+                publishers,
+                secs,
+                topic,
+            };
+            publish_rate::publish(&t, load).await
+        }
+        Mode::Tasks {
+            workers,
+            tasks,
+            queue,
+            waiters,
+        } => {
+            let queue = queue.unwrap_or_else(|| format!("bench-{}", publish::epoch_us()));
+            let load = tasks::Load {
+                workers,
+                tasks,
+                waiters,
+                queue,
+            };
+            tasks::tasks(&t, load).await
+        }
     };
     report::report(cli.json, &v);
     ok

@@ -42,3 +42,33 @@ pub async fn wait_metric(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The value of a labelled series (`name{k="v",…}`) from `/metrics`, found
+/// by its labels in any order; 0 if absent (a gauge never set is not
+/// exported).
+pub async fn labelled_metric(
+    client: &reqwest::Client,
+    t: &Target,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    let text = client
+        .get(format!("{}/metrics", t.base))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    text.lines()
+        .find_map(|l| {
+            let (got, value) = l.strip_prefix(name)?.strip_prefix('{')?.split_once('}')?;
+            let got: Vec<&str> = got.split(',').collect();
+            want.iter()
+                .all(|w| got.contains(&w.as_str()))
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0.0)
+}

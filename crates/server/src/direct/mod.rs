@@ -70,47 +70,102 @@ enum After {
     Close,
 }
 
+/// What one request came to.
+enum Step {
+    /// The connection goes to hyper, starting with what was read.
+    Hyper,
+    /// The client left, or the server is shutting down.
+    Closed,
+    /// Answered whole; says whether the connection goes on.
+    Answered { after: After, http10: bool },
+    /// A stream to write from here on (boxed, so the step itself stays
+    /// small in the connection's future).
+    Sse {
+        outbox: Box<Outbox<sse::SseEncoder>>,
+        http10: bool,
+    },
+    Ndjson {
+        outbox: Box<Outbox<stream::NdjsonEncoder>>,
+        http10: bool,
+    },
+}
+
 /// Serves requests on `tcp` for as long as they are ones the direct path
 /// answers.
 pub async fn serve(state: &AppState, tcp: TcpStream) -> Outcome {
     let mut buf = BytesMut::new();
     loop {
-        let head = loop {
-            if !buf.is_empty() {
-                match head::parse(&buf) {
-                    Parsed::Head(head) => break head,
-                    Parsed::Partial if buf.len() < MAX_HEAD => {}
-                    Parsed::Partial | Parsed::Foreign => {
-                        return Outcome::Handover(Rewind::new(buf.freeze(), tcp));
-                    }
-                }
+        // Boxed: a connection's future is as large as the largest thing it
+        // may await, and an idle subscriber should carry room for its
+        // stream only, not for reading a head, a long poll or a store read.
+        let step = Box::pin(request(state, &tcp, &mut buf)).await;
+        let (after, http10) = match step {
+            Step::Hyper => return Outcome::Handover(Rewind::new(buf.freeze(), tcp)),
+            Step::Closed => return Outcome::Closed,
+            Step::Answered { after, http10 } => (after, http10),
+            Step::Sse { mut outbox, http10 } => {
+                let after = stream_out(&tcp, http10, sse::set_headers, &mut outbox, &mut buf).await;
+                (after, http10)
             }
-            let read = tokio::select! {
-                read = socket::read_some(&tcp, &mut buf) => read,
-                () = state.shutdown().cancelled() => return Outcome::Closed,
-            };
-            if !matches!(read, Ok(n) if n > 0) {
-                return Outcome::Closed;
+            Step::Ndjson { mut outbox, http10 } => {
+                let after =
+                    stream_out(&tcp, http10, stream::set_headers, &mut outbox, &mut buf).await;
+                (after, http10)
             }
         };
-        let job = match decide(&head) {
-            Decision::Answer(job) => job,
-            Decision::Hyper => return Outcome::Handover(Rewind::new(buf.freeze(), tcp)),
-        };
-        let http10 = head.http10;
-        buf.advance(head.len);
-        drop(head);
-        if buf.is_empty() {
-            // Give the read space back: an idle subscriber holds no buffer.
-            buf = BytesMut::new();
-        }
-        let after = answer(state, &tcp, http10, job, &mut buf).await;
         if after == After::Close || http10 || state.shutdown().is_cancelled() {
             // Let the other answers woken with this one go out before this
             // connection's close takes its turn.
             tokio::task::yield_now().await;
             return Outcome::Closed;
         }
+    }
+}
+
+/// Reads one request head and does what it asks, up to the point where a
+/// stream would start.
+async fn request(state: &AppState, tcp: &TcpStream, buf: &mut BytesMut) -> Step {
+    let head = loop {
+        if !buf.is_empty() {
+            match head::parse(buf) {
+                Parsed::Head(head) => break head,
+                Parsed::Partial if buf.len() < MAX_HEAD => {}
+                Parsed::Partial | Parsed::Foreign => return Step::Hyper,
+            }
+        }
+        let read = tokio::select! {
+            read = socket::read_some(tcp, buf) => read,
+            () = state.shutdown().cancelled() => return Step::Closed,
+        };
+        if !matches!(read, Ok(n) if n > 0) {
+            return Step::Closed;
+        }
+    };
+    let job = match decide(&head) {
+        Decision::Answer(job) => job,
+        Decision::Hyper => return Step::Hyper,
+    };
+    let http10 = head.http10;
+    buf.advance(head.len);
+    drop(head);
+    if buf.is_empty() {
+        // Give the read space back: an idle subscriber holds no buffer.
+        *buf = BytesMut::new();
+    }
+    match prepare(state, tcp, job, buf).await {
+        Reply::Whole(response) => Step::Answered {
+            after: respond(tcp, http10, response).await,
+            http10,
+        },
+        Reply::Sse(outbox) => Step::Sse {
+            outbox: Box::new(outbox),
+            http10,
+        },
+        Reply::Ndjson(outbox) => Step::Ndjson {
+            outbox: Box::new(outbox),
+            http10,
+        },
+        Reply::Gone => Step::Closed,
     }
 }
 
@@ -142,18 +197,26 @@ fn decide(head: &head::RequestHead) -> Decision {
     }
 }
 
-/// Answers one request: the same answers the router's subscribe handler
-/// gives, written here.
-async fn answer(
+/// What a request is answered with.
+enum Reply {
+    Whole(Response),
+    Sse(Outbox<sse::SseEncoder>),
+    Ndjson(Outbox<stream::NdjsonEncoder>),
+    /// The client left before its answer was ready.
+    Gone,
+}
+
+/// Does what the request asks — subscribes, or polls — and says how to
+/// answer.
+async fn prepare(
     state: &AppState,
     tcp: &TcpStream,
-    http10: bool,
     job: Result<(Vec<Topic>, Plan), ApiError>,
     buf: &mut BytesMut,
-) -> After {
+) -> Reply {
     let (topics, plan) = match job {
         Ok(job) => job,
-        Err(e) => return respond(tcp, http10, e.into_response()).await,
+        Err(e) => return Reply::Whole(e.into_response()),
     };
     let Plan {
         transport,
@@ -163,33 +226,30 @@ async fn answer(
     let hub = state.hub();
     match transport {
         Transport::Sse => match hub.subscribe(topics, &cursor).await {
-            Ok(sub) => {
-                let outbox = sse::outbox(state, sub, sse::SseEncoder::default());
-                stream_out(tcp, http10, sse::set_headers, outbox, buf).await
-            }
+            Ok(sub) => Reply::Sse(sse::outbox(state, sub, sse::SseEncoder::default())),
             Err(StoreError::Unavailable(why)) => {
                 tracing::warn!(%why, "an SSE client was asked to retry: the store is unavailable");
-                respond(tcp, http10, sse::retry_later(state)).await
+                Reply::Whole(sse::retry_later(state))
             }
-            Err(e) => respond(tcp, http10, ApiError::from(e).into_response()).await,
+            Err(e) => Reply::Whole(ApiError::from(e).into_response()),
         },
         Transport::Stream => match hub.subscribe(topics, &cursor).await {
-            Ok(sub) => stream_out(tcp, http10, stream::set_headers, stream::outbox(sub), buf).await,
-            Err(e) => respond(tcp, http10, ApiError::from(e).into_response()).await,
+            Ok(sub) => Reply::Ndjson(stream::outbox(sub)),
+            Err(e) => Reply::Whole(ApiError::from(e).into_response()),
         },
-        Transport::LongPoll => {
-            let answer = tokio::select! {
-                answer = long_poll::respond(state, &topics, &cursor, &query) => answer,
-                () = client_gone(tcp, buf) => return After::Close,
-            };
-            respond(tcp, http10, answer.into_response()).await
-        }
-        Transport::Poll => {
-            let answer = poll::respond(state, &topics, &cursor, &query).await;
-            respond(tcp, http10, answer.into_response()).await
-        }
+        Transport::LongPoll => tokio::select! {
+            answer = long_poll::respond(state, &topics, &cursor, &query) => {
+                Reply::Whole(answer.into_response())
+            }
+            () = client_gone(tcp, buf) => Reply::Gone,
+        },
+        Transport::Poll => Reply::Whole(
+            poll::respond(state, &topics, &cursor, &query)
+                .await
+                .into_response(),
+        ),
         // `decide` leaves upgrades to hyper.
-        Transport::WebSocket => After::Close,
+        Transport::WebSocket => Reply::Gone,
     }
 }
 
@@ -222,18 +282,15 @@ async fn stream_out<E: Encode>(
     tcp: &TcpStream,
     http10: bool,
     set_headers: fn(&mut HeaderMap),
-    mut outbox: Outbox<E>,
+    outbox: &mut Outbox<E>,
     buf: &mut BytesMut,
 ) -> After {
-    let mut headers = HeaderMap::new();
-    set_headers(&mut headers);
     let framing = if http10 {
         Framing::Close
     } else {
         Framing::Chunked
     };
-    let head = head::response(http10, StatusCode::OK, &headers, framing, &date());
-    drop(headers);
+    let head = stream_head(http10, set_headers, framing);
     let mut out = VecDeque::from([Bytes::from(head)]);
     let mut line = BytesMut::new();
     // The head goes out at once, with whatever the stream opens with.
@@ -276,6 +333,13 @@ async fn stream_out<E: Encode>(
             };
         }
     }
+}
+
+/// The head of a `200` stream with the headers `set_headers` sets.
+fn stream_head(http10: bool, set_headers: fn(&mut HeaderMap), framing: Framing) -> Vec<u8> {
+    let mut headers = HeaderMap::new();
+    set_headers(&mut headers);
+    head::response(http10, StatusCode::OK, &headers, framing, &date())
 }
 
 /// The size line of a chunk of `len` bytes, written into `line`'s space

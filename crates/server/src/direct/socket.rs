@@ -15,9 +15,8 @@ use tokio::net::TcpStream;
 /// Most buffers handed to one `writev`.
 const MAX_SLICES: usize = 64;
 
-/// How much is read at a time; also what a connection holds while a head is
-/// coming in.
-const READ_CHUNK: usize = 1024;
+/// Most bytes taken by one read.
+const READ_CHUNK: usize = 2048;
 
 /// Writes every buffer of `parts`, in order, with as few syscalls as the
 /// socket allows; `parts` is empty afterwards unless an error came first.
@@ -61,16 +60,21 @@ fn consume(parts: &mut VecDeque<Bytes>, mut n: usize) {
     }
 }
 
-/// Waits until the peer sends something, then appends what is there to
-/// `buf`. `Ok(0)` is the end of the stream. No buffer space is taken
-/// until there is something to read.
+/// Waits until the peer sends something, then appends what is there (up to
+/// [`READ_CHUNK`]) to `buf`. `Ok(0)` is the end of the stream. The read
+/// goes through the stack, so `buf` grows by what arrived and a quiet
+/// connection holds no buffer at all.
 pub async fn read_some(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
     loop {
         tcp.readable().await?;
-        buf.reserve(READ_CHUNK);
-        match tcp.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            other => return other,
+        let mut chunk = [0u8; READ_CHUNK];
+        match tcp.try_read(&mut chunk) {
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
     }
 }
