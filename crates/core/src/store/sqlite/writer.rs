@@ -52,21 +52,13 @@ pub struct Ctx<'t, 'c> {
     pub now: u64,
     meta: &'t HashMap<String, TopicMeta>,
     touched: HashMap<String, TopicMeta>,
-    retention: &'t Retention,
     fresh: Vec<Arc<Event>>,
 }
 
 impl Ctx<'_, '_> {
     /// Appends an event in this transaction.
     pub fn append(&mut self, new: NewEvent) -> Result<Appended, StoreError> {
-        let appended = append_one(
-            self.tx,
-            self.meta,
-            &mut self.touched,
-            self.retention,
-            new,
-            self.now,
-        )?;
+        let appended = append_one(self.tx, self.meta, &mut self.touched, new, self.now)?;
         if !appended.replayed {
             self.fresh.push(Arc::clone(&appended.event));
         }
@@ -178,7 +170,6 @@ impl Writer {
             now,
             meta: &self.meta,
             touched: HashMap::new(),
-            retention: &self.retention,
             fresh: Vec::new(),
         };
         let mut failure = None;
@@ -209,8 +200,10 @@ impl Writer {
         if let Some(e) = failure {
             return Err(e);
         }
-        let (touched, fresh) = (ctx.touched, ctx.fresh);
-        for (topic, m) in &touched {
+        let (mut touched, fresh) = (ctx.touched, ctx.fresh);
+        let max = self.retention.max_events as u64;
+        for (topic, m) in &mut touched {
+            trim_to_count(&tx, topic, m, max).map_err(|e| error("trimming", e))?;
             save_meta(&tx, topic, m).map_err(|e| error("recording topics", e))?;
         }
         tx.commit().map_err(|e| error("committing", e))?;
@@ -290,7 +283,6 @@ fn append_one(
     tx: &Transaction<'_>,
     meta: &HashMap<String, TopicMeta>,
     touched: &mut HashMap<String, TopicMeta>,
-    retention: &Retention,
     new: NewEvent,
     now: u64,
 ) -> Result<Appended, StoreError> {
@@ -330,32 +322,41 @@ fn append_one(
     .map_err(|e| error("storing an event", e))?;
     m.last = id;
     m.count += 1;
-    let max = retention.max_events as u64;
-    if m.count > max {
-        let excess = m.count - max;
-        let (ms, seq): (i64, i64) = tx
-            .prepare_cached(
-                "SELECT ms, seq FROM events WHERE topic = ?1 ORDER BY ms, seq LIMIT 1 OFFSET ?2",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![topic, sql_int(excess - 1)], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-            })
-            .map_err(|e| error("finding events past retention", e))?;
-        let deleted = delete_through(tx, topic, ms, seq).map_err(|e| error("trimming", e))?;
-        m.count = m.count.saturating_sub(deleted);
-        m.trimmed_to = Some(EventId {
-            ms: u64::try_from(ms).unwrap_or(0),
-            seq: u64::try_from(seq).unwrap_or(0),
-        });
-    }
     touched.insert(topic.to_owned(), m);
     let event = Event::new(id, new.topic, new.kind, new.data);
     Ok(Appended {
         event: Arc::new(event),
         replayed: false,
     })
+}
+
+/// Deletes a topic's oldest events beyond `max`, once per topic per group
+/// rather than once per event: the same events go as if each append had
+/// trimmed, in one statement instead of one per append.
+fn trim_to_count(
+    tx: &Transaction<'_>,
+    topic: &str,
+    m: &mut TopicMeta,
+    max: u64,
+) -> Result<(), rusqlite::Error> {
+    if m.count <= max {
+        return Ok(());
+    }
+    let excess = m.count - max;
+    let (ms, seq): (i64, i64) = tx
+        .prepare_cached(
+            "SELECT ms, seq FROM events WHERE topic = ?1 ORDER BY ms, seq LIMIT 1 OFFSET ?2",
+        )?
+        .query_row(params![topic, sql_int(excess - 1)], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let deleted = delete_through(tx, topic, ms, seq)?;
+    m.count = m.count.saturating_sub(deleted);
+    m.trimmed_to = Some(EventId {
+        ms: u64::try_from(ms).unwrap_or(0),
+        seq: u64::try_from(seq).unwrap_or(0),
+    });
+    Ok(())
 }
 
 /// Deletes a topic's events up to and including `(ms, seq)`.
