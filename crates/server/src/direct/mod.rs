@@ -78,16 +78,15 @@ enum Step {
     Closed,
     /// Answered whole; says whether the connection goes on.
     Answered { after: After, http10: bool },
-    /// A stream to write from here on (boxed, so the step itself stays
-    /// small in the connection's future).
-    Sse {
-        outbox: Box<Outbox<sse::SseEncoder>>,
-        http10: bool,
-    },
-    Ndjson {
-        outbox: Box<Outbox<stream::NdjsonEncoder>>,
-        http10: bool,
-    },
+    /// A stream to write from here on.
+    Stream { stream: Stream, http10: bool },
+}
+
+/// A stream's outbox, boxed so that a step stays small in the
+/// connection's future.
+enum Stream {
+    Sse(Box<Outbox<sse::SseEncoder>>),
+    Ndjson(Box<Outbox<stream::NdjsonEncoder>>),
 }
 
 /// Serves requests on `tcp` for as long as they are ones the direct path
@@ -103,13 +102,15 @@ pub async fn serve(state: &AppState, tcp: TcpStream) -> Outcome {
             Step::Hyper => return Outcome::Handover(Rewind::new(buf.freeze(), tcp)),
             Step::Closed => return Outcome::Closed,
             Step::Answered { after, http10 } => (after, http10),
-            Step::Sse { mut outbox, http10 } => {
-                let after = stream_out(&tcp, http10, sse::set_headers, &mut outbox, &mut buf).await;
-                (after, http10)
-            }
-            Step::Ndjson { mut outbox, http10 } => {
-                let after =
-                    stream_out(&tcp, http10, stream::set_headers, &mut outbox, &mut buf).await;
+            Step::Stream { stream, http10 } => {
+                let after = match stream {
+                    Stream::Sse(mut outbox) => {
+                        stream_out(&tcp, http10, sse::set_headers, &mut outbox, &mut buf).await
+                    }
+                    Stream::Ndjson(mut outbox) => {
+                        stream_out(&tcp, http10, stream::set_headers, &mut outbox, &mut buf).await
+                    }
+                };
                 (after, http10)
             }
         };
@@ -157,14 +158,7 @@ async fn request(state: &AppState, tcp: &TcpStream, buf: &mut BytesMut) -> Step 
             after: respond(tcp, http10, response).await,
             http10,
         },
-        Reply::Sse(outbox) => Step::Sse {
-            outbox: Box::new(outbox),
-            http10,
-        },
-        Reply::Ndjson(outbox) => Step::Ndjson {
-            outbox: Box::new(outbox),
-            http10,
-        },
+        Reply::Stream(stream) => Step::Stream { stream, http10 },
         Reply::Gone => Step::Closed,
     }
 }
@@ -200,8 +194,7 @@ fn decide(head: &head::RequestHead) -> Decision {
 /// What a request is answered with.
 enum Reply {
     Whole(Response),
-    Sse(Outbox<sse::SseEncoder>),
-    Ndjson(Outbox<stream::NdjsonEncoder>),
+    Stream(Stream),
     /// The client left before its answer was ready.
     Gone,
 }
@@ -226,7 +219,11 @@ async fn prepare(
     let hub = state.hub();
     match transport {
         Transport::Sse => match hub.subscribe(topics, &cursor).await {
-            Ok(sub) => Reply::Sse(sse::outbox(state, sub, sse::SseEncoder::default())),
+            Ok(sub) => Reply::Stream(Stream::Sse(Box::new(sse::outbox(
+                state,
+                sub,
+                sse::SseEncoder::default(),
+            )))),
             Err(StoreError::Unavailable(why)) => {
                 tracing::warn!(%why, "an SSE client was asked to retry: the store is unavailable");
                 Reply::Whole(sse::retry_later(state))
@@ -234,7 +231,7 @@ async fn prepare(
             Err(e) => Reply::Whole(ApiError::from(e).into_response()),
         },
         Transport::Stream => match hub.subscribe(topics, &cursor).await {
-            Ok(sub) => Reply::Ndjson(stream::outbox(sub)),
+            Ok(sub) => Reply::Stream(Stream::Ndjson(Box::new(stream::outbox(sub)))),
             Err(e) => Reply::Whole(ApiError::from(e).into_response()),
         },
         Transport::LongPoll => tokio::select! {
