@@ -29,8 +29,15 @@ fn bench_bin() -> std::path::PathBuf {
 
 /// Runs one mode with `--json` and returns its result object.
 fn run(server: &Server, args: &[&str]) -> serde_json::Value {
+    run_args(&["--url", &server.url("")], args)
+}
+
+/// Runs one mode with `--json` and the global `flags`, and returns its
+/// result object.
+fn run_args(flags: &[&str], args: &[&str]) -> serde_json::Value {
     let out = Command::new(bench_bin())
-        .args(["--json", "--url", &server.url("")])
+        .arg("--json")
+        .args(flags)
         .args(args)
         .output()
         .expect("run herald-bench");
@@ -106,4 +113,18 @@ fn the_load_driver_runs_the_task_cycle() {
     assert!(t["tasks_per_s"].as_u64().unwrap() > 0, "{t}");
     assert!(t["latency"]["p50_ms"].as_f64().is_some(), "{t}");
     assert!(t["latency"]["max_ms"].as_f64().unwrap() > 0.0, "{t}");
+}
+
+#[test]
+fn the_load_driver_measures_the_kernel_floor_without_a_server() {
+    let f = run_args(
+        &[],
+        &["floor", "--subs", "20", "--rounds", "5", "--gap-ms", "1"],
+    );
+    assert_eq!(f["expected"], 100, "{f}");
+    assert_eq!(f["received"], 100, "{f}");
+    assert_eq!(f["bad"], 0, "{f}");
+    assert!(f["sweep_us_per_write"].as_f64().unwrap() > 0.0, "{f}");
+    assert!(f["latency"]["max_ms"].as_f64().unwrap() > 0.0, "{f}");
+    assert!(f["read_latency"]["max_ms"].as_f64().unwrap() > 0.0, "{f}");
 }

@@ -5,7 +5,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -14,8 +13,8 @@ use crate::PublishArgs;
 use crate::net::Target;
 use crate::procfs::CpuMark;
 use crate::publish::{Published, publish_all};
-use crate::report::{latency_json, ms, new_hist, round};
-use crate::subscriber::{Shared, SubStats, subscriber};
+use crate::report::{latency_json, ms, round};
+use crate::subscriber::{Latencies, Shared, SubStats, subscriber};
 
 /// What a run is asked to do.
 pub struct Load {
@@ -53,7 +52,7 @@ pub async fn deliver(
         topics: topics.len(),
         events: load.events,
     };
-    let hist = Arc::new(Mutex::new(new_hist()));
+    let hist = Arc::new(Mutex::new(Latencies::new()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let cpu_open = CpuMark::now();
     let opened = open_all(t, &topics, load.subs, spread, &hist, stop_rx, concurrency).await;
@@ -109,7 +108,7 @@ async fn open_all(
     topics: &[String],
     subs: usize,
     spread: Spread,
-    hist: &Arc<Mutex<Histogram<u64>>>,
+    hist: &Arc<Mutex<Latencies>>,
     stop: watch::Receiver<bool>,
     concurrency: usize,
 ) -> Opened {
@@ -166,7 +165,7 @@ struct Outcome<'a> {
     publish_s: f64,
     published: Published,
     stats: Vec<SubStats>,
-    latency: &'a Histogram<u64>,
+    latency: &'a Latencies,
     cpu_run: Value,
 }
 
@@ -238,7 +237,8 @@ impl Outcome<'_> {
             "reconnects": sum(|s| s.reconnects),
             "deliver_s": deliver_s.map(|d| round(d, 3)),
             "delivered_per_s": deliver_s.map(|d| round(received as f64 / d.max(1e-9), 0)),
-            "latency": latency_json(self.latency),
+            "latency": latency_json(&self.latency.arrival),
+            "read_latency": latency_json(&self.latency.read),
             "cpu": self.cpu_run,
             "cpu_open": self.cpu_open,
         });

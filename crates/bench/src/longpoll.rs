@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -17,8 +18,10 @@ use crate::procfs::CpuMark;
 use crate::publish::publish_body;
 use crate::report::{latency_json, new_hist, round};
 
-/// One parked poll: its answer (time of arrival, status, body) once woken.
-type Poll = JoinHandle<std::io::Result<(Instant, u16, Vec<u8>)>>;
+/// One parked poll: its answer (time of arrival, status, body) once woken,
+/// and its connection, kept open until every answer is in so no close
+/// competes with the wake being measured.
+type Poll = JoinHandle<std::io::Result<(Instant, u16, Vec<u8>, TcpStream)>>;
 
 /// Parks `n` long polls on `topic`, waits until the server counts them all,
 /// publishes one event and times each poll's answer from that publish.
@@ -77,8 +80,8 @@ async fn head_cursor(client: &reqwest::Client, t: &Target, topic: &str) -> Strin
         .expect("Herald-Cursor on the short poll")
 }
 
-/// Starts `n` long polls from `cursor`, each on its own connection, over
-/// HTTP/1.0 so the answer ends with the connection.
+/// Starts `n` long polls from `cursor`, each on its own keep-alive
+/// HTTP/1.1 connection, as a browser's `fetch` would.
 fn park_all(t: &Target, n: usize, topic: &str, cursor: &str, concurrency: usize) -> Vec<Poll> {
     let sem = Arc::new(Semaphore::new(concurrency));
     let mut tasks = Vec::with_capacity(n);
@@ -88,12 +91,13 @@ fn park_all(t: &Target, n: usize, topic: &str, cursor: &str, concurrency: usize)
             let permit = sem.acquire_owned().await.unwrap();
             let mut s = connect(&t).await?;
             let req = format!(
-                "GET /topics/{topic}?transport=long-poll&timeout=60 HTTP/1.0\r\nHost: {}\r\nLast-Event-ID: {cursor}\r\n\r\n",
+                "GET /topics/{topic}?transport=long-poll&timeout=60 HTTP/1.1\r\nHost: {}\r\nLast-Event-ID: {cursor}\r\n\r\n",
                 t.host
             );
             s.write_all(req.as_bytes()).await?;
             drop(permit);
-            read_answer(&mut s).await
+            let (at, status, body) = read_answer(&mut s).await?;
+            Ok((at, status, body, s))
         }));
     }
     tasks
@@ -106,9 +110,11 @@ async fn collect(tasks: Vec<Poll>, t0: Instant) -> (Histogram<u64>, u64, BTreeMa
     let mut hist = new_hist();
     let mut errors = 0u64;
     let mut statuses = BTreeMap::<u16, u64>::new();
+    let mut open = Vec::with_capacity(tasks.len());
     for task in tasks {
         match task.await.unwrap() {
-            Ok((at, status, body)) => {
+            Ok((at, status, body, stream)) => {
+                open.push(stream);
                 *statuses.entry(status).or_default() += 1;
                 let has_event = serde_json::from_slice::<Value>(&body)
                     .ok()

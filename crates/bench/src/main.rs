@@ -17,6 +17,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod fanout;
+mod floor;
 mod http1;
 mod idle;
 mod longpoll;
@@ -26,6 +27,7 @@ mod procfs;
 mod publish;
 mod publish_rate;
 mod report;
+mod stamp;
 mod subscriber;
 mod tasks;
 
@@ -39,14 +41,16 @@ use crate::net::Target;
 #[command(
     name = "herald-bench",
     about = "Load driver for a running herald: idle subscribers, fan-out, many topics, \
-             parked long polls, publish throughput, the task cycle",
+             parked long polls, publish throughput, the task cycle; and the kernel's own \
+             fan-out floor, with no server",
     after_help = "The store is whatever the server was started with: start a memory-store \
                   or a file-store server to measure either. Pin the server and the driver \
                   to different cores, e.g.\n  \
                   taskset -c 0 herald serve --store memory --retention-events 1000000\n  \
                   taskset -c 1 herald-bench --server-pid $(pgrep -n herald) fanout --subs 1000 --events 20000\n  \
                   taskset -c 1 herald-bench --server-pid $(pgrep -n herald) publish --publishers 64\n  \
-                  taskset -c 1 herald-bench --server-pid $(pgrep -n herald) tasks --workers 16\n\n\
+                  taskset -c 1 herald-bench --server-pid $(pgrep -n herald) tasks --workers 16\n  \
+                  taskset -c 1 herald-bench floor --subs 1000   (no server: the sender on core 0)\n\n\
                   `cargo bench --bench publish` and `cargo bench --bench tasks` measure the \
                   same with a server of their own, over every store."
 )]
@@ -141,6 +145,27 @@ enum Mode {
         #[arg(long, default_value_t = 256)]
         waiters: usize,
     },
+    /// The kernel's fan-out floor, no herald involved: µs per write and
+    /// round start → arrival latency over N loopback TCP pairs.
+    ///
+    /// Both ends live in this process: a sender thread pinned to its own
+    /// core writes 100 bytes to each server end (blocking, TCP_NODELAY)
+    /// round after round; a task per client end reads them. `--url` is
+    /// ignored. Start it under `taskset -c 1` with the sender on core 0.
+    Floor {
+        /// Socket pairs (2 file descriptors each).
+        #[arg(long)]
+        subs: usize,
+        /// Sweeps over every socket.
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+        /// Milliseconds between two sweeps.
+        #[arg(long, default_value_t = 20)]
+        gap_ms: u64,
+        /// The core the sender thread pins itself to.
+        #[arg(long, default_value_t = 0)]
+        sender_cpu: usize,
+    },
 }
 
 impl Mode {
@@ -157,6 +182,8 @@ impl Mode {
             Mode::Tasks {
                 workers, waiters, ..
             } => workers + waiters + 2,
+            // Both ends of every pair live in this process.
+            Mode::Floor { subs, .. } => 2 * subs,
         }
     }
 }
@@ -192,11 +219,29 @@ fn main() {
 /// Runs the chosen mode, prints its result and says whether it passed (the
 /// exit status: CI fails a run that lost or duplicated anything).
 async fn run(cli: Cli, nofile: u64) -> bool {
-    let t = Target::resolve(&cli.url).await;
     let need = cli.mode.connections() as u64;
     if need + 64 > nofile {
         eprintln!("warning: {need} connections but only {nofile} file descriptors");
     }
+    // The floor drives no server: there is no `--url` to resolve.
+    if let Mode::Floor {
+        subs,
+        rounds,
+        gap_ms,
+        sender_cpu,
+    } = cli.mode
+    {
+        let load = floor::Load {
+            subs,
+            rounds,
+            gap: std::time::Duration::from_millis(gap_ms),
+            sender_cpu,
+        };
+        let (v, ok) = floor::floor(load).await;
+        report::report(cli.json, &v);
+        return ok;
+    }
+    let t = Target::resolve(&cli.url).await;
     let concurrency = cli.connect_concurrency;
     let (v, ok) = match cli.mode {
         Mode::Idle { conns, ws } => idle::idle(&t, conns, ws, concurrency).await,
@@ -256,6 +301,7 @@ async fn run(cli: Cli, nofile: u64) -> bool {
             };
             tasks::tasks(&t, load).await
         }
+        Mode::Floor { .. } => unreachable!("the floor returned above"),
     };
     report::report(cli.json, &v);
     ok

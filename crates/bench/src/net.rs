@@ -138,8 +138,9 @@ pub async fn open_sse(
     }
 }
 
-/// Reads one HTTP/1.0 answer to the end; returns (time the status line
-/// arrived, status, body).
+/// Reads one answer: to the end of its `Content-Length` when it has one
+/// (the connection stays open for the caller to drop when it likes), to the
+/// close otherwise; returns (time the status line arrived, status, body).
 ///
 /// The time is that of the first byte, not of the end: a long poll's wake
 /// latency is when the server answered, however long the body takes.
@@ -147,13 +148,26 @@ pub async fn read_answer(s: &mut TcpStream) -> std::io::Result<(Instant, u16, Ve
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     let mut first = None;
+    let mut body_at = None;
+    let mut length = None;
     loop {
+        if let (Some(b), Some(len)) = (body_at, length)
+            && buf.len() >= b + len
+        {
+            break;
+        }
         let n = s.read(&mut chunk).await?;
         if n == 0 {
             break;
         }
         first.get_or_insert_with(Instant::now);
         buf.extend_from_slice(&chunk[..n]);
+        if body_at.is_none()
+            && let Some(p) = find(&buf, b"\r\n\r\n")
+        {
+            body_at = Some(p + 4);
+            length = content_length(&buf[..p]);
+        }
     }
     let at = first.ok_or_else(|| io_err("closed without an answer".into()))?;
     let status = buf
@@ -162,11 +176,28 @@ pub async fn read_answer(s: &mut TcpStream) -> std::io::Result<(Instant, u16, Ve
         .and_then(|s| std::str::from_utf8(s).ok())
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = match find(&buf, b"\r\n\r\n") {
-        Some(p) => buf.split_off(p + 4),
+    let body = match body_at {
+        Some(p) => buf.split_off(p),
         None => Vec::new(),
     };
     Ok((at, status, body))
+}
+
+/// How long the body after a response head is: none for a `204`, its
+/// `Content-Length` when it names one, unknown (to the close) otherwise.
+fn content_length(head: &[u8]) -> Option<usize> {
+    let head = std::str::from_utf8(head).ok()?;
+    if head.split(' ').nth(1) == Some("204") {
+        return Some(0);
+    }
+    head.split("\r\n").skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        if name.trim().eq_ignore_ascii_case("content-length") {
+            value.trim().parse().ok()
+        } else {
+            None
+        }
+    })
 }
 
 /// A reqwest client for publishes and `/metrics`, with a timeout long

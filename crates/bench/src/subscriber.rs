@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use herald_protocol::sse::{Decoder, Frame};
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::net::{Target, open_sse};
 use crate::publish::{epoch_us, parse_body};
+use crate::report::new_hist;
+use crate::stamp;
 
 /// What one fan-out subscriber saw.
 #[derive(Default)]
@@ -31,11 +32,29 @@ pub struct SubStats {
     pub error: Option<String>,
 }
 
+/// Publish→receive latencies of all subscribers, in µs, two ways.
+pub struct Latencies {
+    /// To the kernel's arrival stamp on the subscriber's socket (see
+    /// [`crate::stamp`]): the server's part.
+    pub arrival: Histogram<u64>,
+    /// To the moment the driver read the event: the server's part plus the
+    /// driver's own queue of sockets.
+    pub read: Histogram<u64>,
+}
+
+impl Latencies {
+    pub fn new() -> Latencies {
+        Latencies {
+            arrival: new_hist(),
+            read: new_hist(),
+        }
+    }
+}
+
 /// What every subscriber of a run shares with the run.
 #[derive(Clone)]
 pub struct Shared {
-    /// Publish→receive latencies of all subscribers, in µs.
-    pub hist: Arc<Mutex<Histogram<u64>>>,
+    pub hist: Arc<Mutex<Latencies>>,
     /// Each subscriber says once when it is subscribed (or why it is not),
     /// so publishing starts only when everyone listens.
     pub ready: mpsc::UnboundedSender<Result<Instant, String>>,
@@ -73,7 +92,7 @@ pub async fn subscriber(
         ..SubStats::default()
     };
     let permit = sem.acquire_owned().await.unwrap();
-    let opened = open_sse(&t, &path, None).await;
+    let opened = open(&t, &path, None).await;
     drop(permit);
     let (mut s, first) = match opened {
         Ok(x) => x,
@@ -89,9 +108,16 @@ pub async fn subscriber(
     let mut buf = vec![0u8; 16 * 1024];
     let mut pending = first;
     while st.received < expected {
+        let mut arrived = None;
         if pending.is_empty() {
             let n = tokio::select! {
-                r = s.read(&mut buf) => r.unwrap_or(0),
+                r = stamp::read(&s, &mut buf) => match r {
+                    Ok((n, at)) => {
+                        arrived = at;
+                        n
+                    }
+                    Err(_) => 0,
+                },
                 _ = stop.changed() => break,
             };
             if n == 0 {
@@ -107,10 +133,21 @@ pub async fn subscriber(
         }
         let frames = dec.feed(&pending);
         pending.clear();
-        check.frames(frames, &mut st);
+        check.frames(frames, arrived, &mut st);
         check.record_latencies(&hist);
     }
     st
+}
+
+/// Opens the subscription with arrival stamps on.
+async fn open(
+    t: &Target,
+    path: &str,
+    last_id: Option<&str>,
+) -> std::io::Result<(TcpStream, Vec<u8>)> {
+    let (s, first) = open_sse(t, path, last_id).await?;
+    stamp::enable(&s)?;
+    Ok((s, first))
 }
 
 /// Cut off (too slow) or closed: resume from the cursor, so what was missed
@@ -128,7 +165,7 @@ async fn resume(
         return None;
     }
     let cursor = dec.last_event_id().map(str::to_owned);
-    match open_sse(t, path, cursor.as_deref()).await {
+    match open(t, path, cursor.as_deref()).await {
         Ok(x) => Some(x),
         Err(e) => {
             st.error = Some(e.to_string());
@@ -144,9 +181,9 @@ struct Check {
     seen: Vec<u64>,
     /// The id of the last new event, to see ids go backwards.
     last_key: Option<(u64, u64)>,
-    /// Latencies not yet in the shared histogram: it is locked once per
-    /// read, not once per event.
-    lats: Vec<u64>,
+    /// Latencies (arrival, read) not yet in the shared histograms: they are
+    /// locked once per read, not once per event.
+    lats: Vec<(u64, u64)>,
 }
 
 impl Check {
@@ -160,9 +197,11 @@ impl Check {
     }
 
     /// Counts the events among `frames` into `st`: new, duplicate, out of
-    /// order, unexpected, or a gap notice.
-    fn frames(&mut self, frames: Vec<Frame>, st: &mut SubStats) {
+    /// order, unexpected, or a gap notice. `arrived`: the kernel's stamp of
+    /// the read they came in, if it gave one.
+    fn frames(&mut self, frames: Vec<Frame>, arrived: Option<u64>, st: &mut SubStats) {
         let now_us = epoch_us();
+        let arrived_us = arrived.unwrap_or(now_us).min(now_us);
         let now = Instant::now();
         for f in frames {
             let Frame::Event { id, event, data } = f else {
@@ -176,7 +215,10 @@ impl Check {
                 st.unexpected += 1;
                 continue;
             };
-            self.lats.push(now_us.saturating_sub(ts).max(1));
+            self.lats.push((
+                arrived_us.saturating_sub(ts).max(1),
+                now_us.saturating_sub(ts).max(1),
+            ));
             if seq >= self.expected {
                 st.unexpected += 1;
                 continue;
@@ -200,11 +242,12 @@ impl Check {
     }
 
     /// Moves the latencies gathered so far into the shared histogram.
-    fn record_latencies(&mut self, hist: &Mutex<Histogram<u64>>) {
+    fn record_latencies(&mut self, hist: &Mutex<Latencies>) {
         if !self.lats.is_empty() {
             let mut h = hist.lock().unwrap();
-            for l in self.lats.drain(..) {
-                h.saturating_record(l);
+            for (arrival, read) in self.lats.drain(..) {
+                h.arrival.saturating_record(arrival);
+                h.read.saturating_record(read);
             }
         }
     }
