@@ -4,12 +4,12 @@
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_core::store::{Appended, NewEvent};
 use herald_core::{EventType, Topic};
 use herald_protocol::ndjson;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::body::read_text;
 use crate::error::ApiError;
@@ -77,18 +77,41 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
     Ok(Some(key.to_owned()))
 }
 
-/// `{"id","topic","event","time"}` of a stored event.
-fn receipt(a: &Appended) -> serde_json::Value {
-    serde_json::json!({
-        "id": a.event.id.to_string(),
-        "topic": a.event.topic.as_str(),
-        "event": a.event.kind.as_str(),
-        "time": a.event.time(),
-    })
+/// `{"id","topic","event","time"}` of a stored event: a struct of borrowed
+/// strings, written straight into the body (a `serde_json::Value` would
+/// allocate a map and a string per field on every publish).
+#[derive(Serialize)]
+struct Receipt<'a> {
+    id: &'a str,
+    topic: &'a str,
+    event: &'a str,
+    time: &'a str,
 }
 
-fn created(body: serde_json::Value, replayed: bool) -> Response {
-    let mut response = (StatusCode::CREATED, axum::Json(body)).into_response();
+/// Appends `a`'s receipt to `body`.
+fn receipt(body: &mut Vec<u8>, a: &Appended) {
+    let (id, time) = (a.event.id.to_string(), a.event.time());
+    let r = Receipt {
+        id: &id,
+        topic: a.event.topic.as_str(),
+        event: a.event.kind.as_str(),
+        time: &time,
+    };
+    // Writing a struct of strings into a Vec cannot fail.
+    let _ = serde_json::to_writer(body, &r);
+}
+
+/// `201` with a JSON body.
+fn created(body: Vec<u8>, replayed: bool) -> Response {
+    let mut response = (
+        StatusCode::CREATED,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
     if replayed {
         response
             .headers_mut()
@@ -120,7 +143,9 @@ pub async fn one(
     let appended = out.first().ok_or_else(|| {
         ApiError::Internal("the store answered an append of one event with none".into())
     })?;
-    Ok(created(receipt(appended), appended.replayed))
+    let mut body = Vec::with_capacity(128);
+    receipt(&mut body, appended);
+    Ok(created(body, appended.replayed))
 }
 
 /// One line of a batch.
@@ -168,6 +193,14 @@ pub async fn batch(
     }
     let out = state.hub().publish(batch).await?;
     let replayed = out.iter().all(|a| a.replayed);
-    let events: Vec<_> = out.iter().map(receipt).collect();
-    Ok(created(serde_json::json!({ "events": events }), replayed))
+    let mut body = Vec::with_capacity(16 + 128 * out.len());
+    body.extend_from_slice(b"{\"events\":[");
+    for (i, a) in out.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        receipt(&mut body, a);
+    }
+    body.extend_from_slice(b"]}");
+    Ok(created(body, replayed))
 }
