@@ -211,17 +211,13 @@ async fn receive(s: TcpStream, rounds: usize, tally: Arc<Tally>) {
             }
         };
         let now = epoch_us();
-        let arrived = arrived.unwrap_or(now).min(now);
         records.feed(&buf[..n], &mut got);
         let mut bad = 0;
         for (t0, r) in got.drain(..) {
             if r as usize != seen {
                 bad += 1;
             } else {
-                lats.push((
-                    arrived.saturating_sub(t0).max(1),
-                    now.saturating_sub(t0).max(1),
-                ));
+                lats.push(Latencies::pair(t0, arrived, now));
             }
             seen += 1;
         }
@@ -229,11 +225,7 @@ async fn receive(s: TcpStream, rounds: usize, tally: Arc<Tally>) {
         tally
             .received
             .fetch_add(lats.len() as u64, Ordering::Relaxed);
-        let mut h = tally.hist.lock().unwrap();
-        for (arrival, read) in lats.drain(..) {
-            h.arrival.saturating_record(arrival);
-            h.read.saturating_record(read);
-        }
+        tally.hist.lock().unwrap().record(&mut lats);
     }
 }
 

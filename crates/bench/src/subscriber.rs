@@ -49,6 +49,25 @@ impl Latencies {
             read: new_hist(),
         }
     }
+
+    /// The (arrival, read) latencies of something sent at `sent` that
+    /// arrived at `arrived` (the read time when the kernel gave no stamp)
+    /// and was read at `now`, all in µs since the epoch.
+    pub fn pair(sent: u64, arrived: Option<u64>, now: u64) -> (u64, u64) {
+        let arrived = arrived.unwrap_or(now).min(now);
+        (
+            arrived.saturating_sub(sent).max(1),
+            now.saturating_sub(sent).max(1),
+        )
+    }
+
+    /// Moves `pending` pairs into the histograms.
+    pub fn record(&mut self, pending: &mut Vec<(u64, u64)>) {
+        for (arrival, read) in pending.drain(..) {
+            self.arrival.saturating_record(arrival);
+            self.read.saturating_record(read);
+        }
+    }
 }
 
 /// What every subscriber of a run shares with the run.
@@ -201,7 +220,6 @@ impl Check {
     /// the read they came in, if it gave one.
     fn frames(&mut self, frames: Vec<Frame>, arrived: Option<u64>, st: &mut SubStats) {
         let now_us = epoch_us();
-        let arrived_us = arrived.unwrap_or(now_us).min(now_us);
         let now = Instant::now();
         for f in frames {
             let Frame::Event { id, event, data } = f else {
@@ -215,10 +233,7 @@ impl Check {
                 st.unexpected += 1;
                 continue;
             };
-            self.lats.push((
-                arrived_us.saturating_sub(ts).max(1),
-                now_us.saturating_sub(ts).max(1),
-            ));
+            self.lats.push(Latencies::pair(ts, arrived, now_us));
             if seq >= self.expected {
                 st.unexpected += 1;
                 continue;
@@ -244,11 +259,7 @@ impl Check {
     /// Moves the latencies gathered so far into the shared histogram.
     fn record_latencies(&mut self, hist: &Mutex<Latencies>) {
         if !self.lats.is_empty() {
-            let mut h = hist.lock().unwrap();
-            for (arrival, read) in self.lats.drain(..) {
-                h.arrival.saturating_record(arrival);
-                h.read.saturating_record(read);
-            }
+            hist.lock().unwrap().record(&mut self.lats);
         }
     }
 }
