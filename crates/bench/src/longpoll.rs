@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -13,15 +12,17 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::metrics::{metric, wait_metric};
-use crate::net::{Target, connect, http, read_answer};
+use crate::net::{Answer, Target, connect, http, read_answer};
 use crate::procfs::CpuMark;
-use crate::publish::publish_body;
-use crate::report::{latency_json, new_hist, round};
+use crate::publish::{epoch_us, publish_body};
+use crate::report::{latency_json, ms, round};
+use crate::stamp;
+use crate::subscriber::Latencies;
 
-/// One parked poll: its answer (time of arrival, status, body) once woken,
-/// and its connection, kept open until every answer is in so no close
-/// competes with the wake being measured.
-type Poll = JoinHandle<std::io::Result<(Instant, u16, Vec<u8>, TcpStream)>>;
+/// One parked poll: its answer once woken, and its connection, kept open
+/// until every answer is in so no close competes with the wake being
+/// measured.
+type Poll = JoinHandle<std::io::Result<(Answer, TcpStream)>>;
 
 /// Parks `n` long polls on `topic`, waits until the server counts them all,
 /// publishes one event and times each poll's answer from that publish.
@@ -40,7 +41,7 @@ pub async fn longpoll(t: &Target, n: usize, topic: &str, concurrency: usize) -> 
     let park_s = start.elapsed().as_secs_f64();
 
     let cpu = CpuMark::now();
-    let t0 = Instant::now();
+    let t0 = epoch_us();
     let r = client
         .post(format!("{}/topics/{topic}", t.base))
         .body(publish_body(0))
@@ -48,7 +49,8 @@ pub async fn longpoll(t: &Target, n: usize, topic: &str, concurrency: usize) -> 
         .await
         .expect("publish");
     let publish_status = r.status().as_u16();
-    let (hist, errors, statuses) = collect(tasks, t0).await;
+    let publish_us = epoch_us().saturating_sub(t0);
+    let (lats, errors, statuses) = collect(tasks, t0).await;
     let cpu_run = cpu.since();
     let ok = parked.is_some() && errors == 0 && publish_status == 201;
     let v = json!({
@@ -56,10 +58,15 @@ pub async fn longpoll(t: &Target, n: usize, topic: &str, concurrency: usize) -> 
         "polls": n,
         "parked": parked.is_some(),
         "park_s": round(park_s, 3),
-        "woken": hist.len(),
+        "woken": lats.arrival.len(),
         "errors": errors,
         "statuses": format!("{statuses:?}"),
-        "wake": latency_json(&hist),
+        // The first answer's arrival: what the publish itself took.
+        "first_ms": ms(lats.arrival.min()),
+        // The publisher's `201`, from the same instant.
+        "publish_ms": ms(publish_us),
+        "wake": latency_json(&lats.arrival),
+        "read_wake": latency_json(&lats.read),
         "cpu": cpu_run,
     });
     (v, ok)
@@ -90,38 +97,41 @@ fn park_all(t: &Target, n: usize, topic: &str, cursor: &str, concurrency: usize)
         tasks.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await.unwrap();
             let mut s = connect(&t).await?;
+            stamp::enable(&s)?;
             let req = format!(
                 "GET /topics/{topic}?transport=long-poll&timeout=60 HTTP/1.1\r\nHost: {}\r\nLast-Event-ID: {cursor}\r\n\r\n",
                 t.host
             );
             s.write_all(req.as_bytes()).await?;
             drop(permit);
-            let (at, status, body) = read_answer(&mut s).await?;
-            Ok((at, status, body, s))
+            let answer = read_answer(&s).await?;
+            Ok((answer, s))
         }));
     }
     tasks
 }
 
 /// Waits for every poll's answer: a 200 with the event counts as woken (its
-/// latency from `t0`, the publish), anything else as an error. Also counts
-/// the answers by status, so a failing run shows what it got.
-async fn collect(tasks: Vec<Poll>, t0: Instant) -> (Histogram<u64>, u64, BTreeMap<u16, u64>) {
-    let mut hist = new_hist();
+/// latency from `t0`, µs since the epoch just before the publish, to the
+/// answer's arrival and to its read), anything else as an error. Also
+/// counts the answers by status, so a failing run shows what it got.
+async fn collect(tasks: Vec<Poll>, t0: u64) -> (Latencies, u64, BTreeMap<u16, u64>) {
+    let mut lats = Latencies::new();
     let mut errors = 0u64;
     let mut statuses = BTreeMap::<u16, u64>::new();
     let mut open = Vec::with_capacity(tasks.len());
+    let mut pending = Vec::with_capacity(tasks.len());
     for task in tasks {
         match task.await.unwrap() {
-            Ok((at, status, body, stream)) => {
+            Ok((answer, stream)) => {
                 open.push(stream);
-                *statuses.entry(status).or_default() += 1;
-                let has_event = serde_json::from_slice::<Value>(&body)
+                *statuses.entry(answer.status).or_default() += 1;
+                let has_event = serde_json::from_slice::<Value>(&answer.body)
                     .ok()
                     .and_then(|v| v["events"].as_array().map(|a| !a.is_empty()))
                     .unwrap_or(false);
-                if status == 200 && has_event {
-                    hist.saturating_record(at.saturating_duration_since(t0).as_micros() as u64);
+                if answer.status == 200 && has_event {
+                    pending.push(Latencies::pair(t0, answer.arrived, answer.read));
                 } else {
                     errors += 1;
                 }
@@ -134,5 +144,6 @@ async fn collect(tasks: Vec<Poll>, t0: Instant) -> (Histogram<u64>, u64, BTreeMa
             }
         }
     }
-    (hist, errors, statuses)
+    lats.record(&mut pending);
+    (lats, errors, statuses)
 }

@@ -5,10 +5,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+
+use crate::publish::epoch_us;
+use crate::stamp;
 
 /// Where the server is.
 #[derive(Clone)]
@@ -140,11 +143,13 @@ pub async fn open_sse(
 
 /// Reads one answer: to the end of its `Content-Length` when it has one
 /// (the connection stays open for the caller to drop when it likes), to the
-/// close otherwise; returns (time the status line arrived, status, body).
+/// close otherwise.
 ///
-/// The time is that of the first byte, not of the end: a long poll's wake
-/// latency is when the server answered, however long the body takes.
-pub async fn read_answer(s: &mut TcpStream) -> std::io::Result<(Instant, u16, Vec<u8>)> {
+/// Times are those of the first byte, not of the end: a long poll's wake
+/// latency is when the server answered, however long the body takes. With
+/// [`stamp::enable`] on `s`, `arrived` is the kernel's stamp of that first
+/// segment; `read` is when the driver read it (µs since the Unix epoch).
+pub async fn read_answer(s: &TcpStream) -> std::io::Result<Answer> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     let mut first = None;
@@ -156,11 +161,11 @@ pub async fn read_answer(s: &mut TcpStream) -> std::io::Result<(Instant, u16, Ve
         {
             break;
         }
-        let n = s.read(&mut chunk).await?;
+        let (n, arrived) = stamp::read(s, &mut chunk).await?;
         if n == 0 {
             break;
         }
-        first.get_or_insert_with(Instant::now);
+        first.get_or_insert_with(|| (arrived, epoch_us()));
         buf.extend_from_slice(&chunk[..n]);
         if body_at.is_none()
             && let Some(p) = find(&buf, b"\r\n\r\n")
@@ -169,7 +174,7 @@ pub async fn read_answer(s: &mut TcpStream) -> std::io::Result<(Instant, u16, Ve
             length = content_length(&buf[..p]);
         }
     }
-    let at = first.ok_or_else(|| io_err("closed without an answer".into()))?;
+    let (arrived, read) = first.ok_or_else(|| io_err("closed without an answer".into()))?;
     let status = buf
         .split(|&b| b == b' ')
         .nth(1)
@@ -180,7 +185,22 @@ pub async fn read_answer(s: &mut TcpStream) -> std::io::Result<(Instant, u16, Ve
         Some(p) => buf.split_off(p),
         None => Vec::new(),
     };
-    Ok((at, status, body))
+    Ok(Answer {
+        arrived,
+        read,
+        status,
+        body,
+    })
+}
+
+/// One HTTP answer as [`read_answer`] read it.
+pub struct Answer {
+    /// The kernel's arrival stamp of its first byte, µs since the epoch.
+    pub arrived: Option<u64>,
+    /// When the driver read its first byte, µs since the epoch.
+    pub read: u64,
+    pub status: u16,
+    pub body: Vec<u8>,
 }
 
 /// How long the body after a response head is: none for a `204`, its

@@ -118,9 +118,13 @@ fn columns(mode: &str) -> Vec<&'static str> {
             "woken",
             "errors",
             "park_s",
+            "publish_ms",
+            "first_ms",
             "wake.p50_ms",
             "wake.p99_ms",
             "wake.max_ms",
+            "read_wake.p50_ms",
+            "read_wake.max_ms",
         ],
         _ => vec![
             "mode",
