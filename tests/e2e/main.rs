@@ -17,6 +17,7 @@ mod cluster;
 mod direct;
 mod durability;
 mod node;
+mod parked;
 mod publish;
 mod resources;
 mod sse_wire;

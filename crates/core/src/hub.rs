@@ -131,7 +131,7 @@ impl Hub {
             .iter()
             .map(|t| (t.clone(), cursor.start_for(t)))
             .collect();
-        self.poll_once(&starts, limit).await
+        self.poll_at(&starts, limit).await
     }
 
     /// Long poll: waits until at least one event is after the cursor, the
@@ -158,7 +158,7 @@ impl Hub {
         let mut gap = false;
         let shutdown = self.inner.heartbeat.shutdown().clone();
         loop {
-            let answer = self.poll_once(&starts, limit).await?;
+            let answer = self.poll_at(&starts, limit).await?;
             gap |= answer.gap;
             if !answer.events.is_empty() {
                 return Ok(PollAnswer { gap, ..answer });
@@ -178,7 +178,9 @@ impl Hub {
         }
     }
 
-    async fn poll_once(
+    /// Answers like a short poll from positions already resolved (a long
+    /// poll that turned `now` into the head reads from there each time).
+    pub async fn poll_at(
         &self,
         starts: &[(Topic, Start)],
         limit: usize,

@@ -11,6 +11,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::direct::park::Lots;
+
 /// Settings of the HTTP layer, validated by the binary before start-up.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -51,6 +53,8 @@ struct Inner {
     sockets: TaskTracker,
     /// The `retry:` line and comment every SSE stream opens with, encoded once.
     sse_preamble: Bytes,
+    /// Where the direct path's long polls wait, per topic.
+    lots: Arc<Lots>,
 }
 
 impl AppState {
@@ -68,6 +72,7 @@ impl AppState {
                 metrics,
                 shutdown,
                 sockets: TaskTracker::new(),
+                lots: Arc::default(),
             }),
         }
     }
@@ -95,6 +100,10 @@ impl AppState {
     /// Tracks WebSocket tasks, which the HTTP server does not wait for.
     pub fn sockets(&self) -> &TaskTracker {
         &self.inner.sockets
+    }
+
+    pub fn lots(&self) -> &Arc<Lots> {
+        &self.inner.lots
     }
 
     pub fn sse_preamble(&self) -> Bytes {

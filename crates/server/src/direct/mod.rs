@@ -19,6 +19,7 @@
 //! and once hyper has a connection it keeps it.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -36,6 +37,8 @@ use crate::subscribe::{Plan, query_topics};
 use crate::transport::{Encode, Outbox, long_poll, poll, sse, stream};
 
 pub mod head;
+pub mod park;
+mod parked_poll;
 pub mod socket;
 
 use head::{Framing, Parsed};
@@ -92,6 +95,8 @@ enum Stream {
 /// Serves requests on `tcp` for as long as they are ones the direct path
 /// answers.
 pub async fn serve(state: &AppState, tcp: TcpStream) -> Outcome {
+    // Shared: a parked long poll's answer is written by its topic's lot.
+    let tcp = Arc::new(tcp);
     let mut buf = BytesMut::new();
     loop {
         // Boxed: a connection's future is as large as the largest thing it
@@ -99,7 +104,13 @@ pub async fn serve(state: &AppState, tcp: TcpStream) -> Outcome {
         // stream only, not for reading a head, a long poll or a store read.
         let step = Box::pin(request(state, &tcp, &mut buf)).await;
         let (after, http10) = match step {
-            Step::Hyper => return Outcome::Handover(Rewind::new(buf.freeze(), tcp)),
+            Step::Hyper => {
+                // Nothing else holds the socket once a request is over.
+                return match Arc::try_unwrap(tcp) {
+                    Ok(tcp) => Outcome::Handover(Rewind::new(buf.freeze(), tcp)),
+                    Err(_) => Outcome::Closed,
+                };
+            }
             Step::Closed => return Outcome::Closed,
             Step::Answered { after, http10 } => (after, http10),
             Step::Stream { stream, http10 } => {
@@ -125,7 +136,7 @@ pub async fn serve(state: &AppState, tcp: TcpStream) -> Outcome {
 
 /// Reads one request head and does what it asks, up to the point where a
 /// stream would start.
-async fn request(state: &AppState, tcp: &TcpStream, buf: &mut BytesMut) -> Step {
+async fn request(state: &AppState, tcp: &Arc<TcpStream>, buf: &mut BytesMut) -> Step {
     let head = loop {
         if !buf.is_empty() {
             match head::parse(buf) {
@@ -153,9 +164,16 @@ async fn request(state: &AppState, tcp: &TcpStream, buf: &mut BytesMut) -> Step 
         // Give the read space back: an idle subscriber holds no buffer.
         *buf = BytesMut::new();
     }
-    match prepare(state, tcp, job, buf).await {
+    match prepare(state, tcp, job, buf, http10).await {
         Reply::Whole(response) => Step::Answered {
             after: respond(tcp, http10, response).await,
+            http10,
+        },
+        Reply::Written(mut rest) => Step::Answered {
+            after: match socket::write_all(tcp, &mut rest).await {
+                Ok(()) => After::Next,
+                Err(_) => After::Close,
+            },
             http10,
         },
         Reply::Stream(stream) => Step::Stream { stream, http10 },
@@ -194,6 +212,9 @@ fn decide(head: &head::RequestHead) -> Decision {
 /// What a request is answered with.
 enum Reply {
     Whole(Response),
+    /// The answer went out but for these bytes (a parked long poll's,
+    /// written by its topic's lot).
+    Written(VecDeque<Bytes>),
     Stream(Stream),
     /// The client left before its answer was ready.
     Gone,
@@ -203,9 +224,10 @@ enum Reply {
 /// answer.
 async fn prepare(
     state: &AppState,
-    tcp: &TcpStream,
+    tcp: &Arc<TcpStream>,
     job: Result<(Vec<Topic>, Plan), ApiError>,
     buf: &mut BytesMut,
+    http10: bool,
 ) -> Reply {
     let (topics, plan) = match job {
         Ok(job) => job,
@@ -234,6 +256,12 @@ async fn prepare(
             Ok(sub) => Reply::Stream(Stream::Ndjson(Box::new(stream::outbox(sub)))),
             Err(e) => Reply::Whole(ApiError::from(e).into_response()),
         },
+        Transport::LongPoll if topics.len() == 1 => {
+            let Some(topic) = topics.into_iter().next() else {
+                return Reply::Gone;
+            };
+            parked_poll::respond(state, tcp, buf, topic, &cursor, &query, http10).await
+        }
         Transport::LongPoll => tokio::select! {
             answer = long_poll::respond(state, &topics, &cursor, &query) => {
                 Reply::Whole(answer.into_response())
@@ -351,7 +379,7 @@ fn chunk_line(line: &mut BytesMut, len: usize) -> Bytes {
 /// Resolves when the client has gone (end of stream, a read error) or has
 /// sent more than [`MAX_HEAD`] while waiting for its answer; what it sends
 /// meanwhile is kept in `buf` as its next request.
-async fn client_gone(tcp: &TcpStream, buf: &mut BytesMut) {
+pub(super) async fn client_gone(tcp: &TcpStream, buf: &mut BytesMut) {
     loop {
         match socket::read_some(tcp, buf).await {
             Ok(n) if n > 0 && buf.len() <= MAX_HEAD => {}
@@ -361,7 +389,7 @@ async fn client_gone(tcp: &TcpStream, buf: &mut BytesMut) {
 }
 
 /// The `date` header's value, now.
-fn date() -> String {
+pub(super) fn date() -> String {
     httpdate::fmt_http_date(std::time::SystemTime::now())
 }
 

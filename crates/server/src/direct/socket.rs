@@ -42,7 +42,7 @@ pub async fn write_all(tcp: &TcpStream, parts: &mut VecDeque<Bytes>) -> io::Resu
 }
 
 /// Drops the first `n` bytes of `parts`.
-fn consume(parts: &mut VecDeque<Bytes>, mut n: usize) {
+pub fn consume(parts: &mut VecDeque<Bytes>, mut n: usize) {
     while n > 0 {
         let Some(front) = parts.front_mut() else {
             return;

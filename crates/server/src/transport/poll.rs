@@ -1,8 +1,10 @@
 //! Short poll: what is after the cursor right now — `200` with events, or
 //! `204` when there is nothing — and the answer shape long poll shares.
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
 use herald_core::{CursorInput, PollAnswer, Topic};
 use herald_protocol::json;
 
@@ -38,17 +40,27 @@ pub async fn respond(
 /// `200 {"events":[…],"next":CURSOR,"gap":bool}`, or `204` with the cursor in
 /// `Herald-Cursor` (and `Herald-Gap: true` if history was missed).
 pub fn to_response(answer: &PollAnswer) -> Response {
-    let next = answer.next.to_string();
-    let cursor = HeaderValue::from_str(&next).ok();
-    let mut response = if answer.events.is_empty() {
-        let mut r = StatusCode::NO_CONTENT.into_response();
-        if answer.gap {
-            r.headers_mut()
-                .insert("herald-gap", HeaderValue::from_static("true"));
-        }
-        r
-    } else {
+    if !answer.events.is_empty() {
         metrics::counter!("herald_events_delivered_total").increment(answer.events.len() as u64);
+    }
+    let (status, headers, body) = answer_parts(answer);
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// The status, headers and body of [`to_response`]'s answer, counting
+/// nothing: the parked long polls write one encoding to many sockets.
+pub fn answer_parts(answer: &PollAnswer) -> (StatusCode, HeaderMap, Bytes) {
+    let next = answer.next.to_string();
+    let mut headers = HeaderMap::new();
+    let (status, body) = if answer.events.is_empty() {
+        if answer.gap {
+            headers.insert("herald-gap", HeaderValue::from_static("true"));
+        }
+        (StatusCode::NO_CONTENT, Bytes::new())
+    } else {
         let size: usize = answer.events.iter().map(|e| e.json_line().len()).sum();
         let mut body = Vec::with_capacity(size + next.len() + 48);
         body.extend_from_slice(b"{\"events\":[");
@@ -65,17 +77,15 @@ pub fn to_response(answer: &PollAnswer) -> Response {
         } else {
             b",\"gap\":false}"
         });
-        let mut r = body.into_response();
-        r.headers_mut().insert(
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        r
+        (StatusCode::OK, Bytes::from(body))
     };
-    let h = response.headers_mut();
-    if let Some(cursor) = cursor {
-        h.insert("herald-cursor", cursor);
+    if let Ok(cursor) = HeaderValue::from_str(&next) {
+        headers.insert("herald-cursor", cursor);
     }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    (status, headers, body)
 }
