@@ -16,6 +16,7 @@ mod client;
 mod cluster;
 mod direct;
 mod durability;
+mod live;
 mod node;
 mod parked;
 mod publish;

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::time::{Instant, Sleep};
 
 use crate::cursor::{Cursor, CursorInput, Start};
@@ -67,6 +67,10 @@ enum Phase {
         from: ReadFrom,
         /// A gap to report whatever the store says (the cursor was junk).
         forced_gap: Option<String>,
+        /// Keep the watch across full pages: the subscriber was live (see
+        /// [`Subscription::resume`]), and one that falls a whole ring
+        /// behind is cut off as it would have been live.
+        keep_watch: bool,
     },
     /// Following the fan-out.
     Live,
@@ -249,10 +253,18 @@ impl Subscription {
                     Start::Unknown(given) => (ReadFrom::Oldest, Some(given.clone())),
                     Start::Oldest | Start::Head => (ReadFrom::Oldest, None),
                 };
-                t.phase = Phase::CatchUp { from, forced_gap };
+                t.phase = Phase::CatchUp {
+                    from,
+                    forced_gap,
+                    keep_watch: false,
+                };
             }
-            Phase::CatchUp { from, forced_gap } => {
-                let (from, forced_gap) = (*from, forced_gap.clone());
+            Phase::CatchUp {
+                from,
+                forced_gap,
+                keep_watch,
+            } => {
+                let (from, forced_gap, keep_watch) = (*from, forced_gap.clone(), *keep_watch);
                 if t.watch.is_none() {
                     t.watch = Some(store.watch(&t.topic));
                 }
@@ -274,11 +286,14 @@ impl Subscription {
                 t.pos = page.next;
                 if full {
                     // More history to read; a watch held meanwhile would only
-                    // fill up and lag.
-                    t.watch = None;
+                    // fill up and lag — unless lagging is the point.
+                    if !keep_watch {
+                        t.watch = None;
+                    }
                     t.phase = Phase::CatchUp {
                         from: ReadFrom::After(page.next),
                         forced_gap: None,
+                        keep_watch,
                     };
                 } else {
                     t.phase = Phase::Live;
@@ -309,33 +324,104 @@ impl Subscription {
             }
             Poll::Pending
         });
-        let expiry = async {
-            match self.expires.as_mut() {
-                Some(sleep) => sleep.as_mut().await,
-                None => std::future::pending().await,
-            }
-        };
         // Beats first: a stream busy with events still notices shutdown.
         tokio::select! {
             biased;
-            beat = self.beats.wait() => Some(match beat {
-                Beat::KeepAlive => Next::KeepAlive,
-                Beat::Shutdown => Next::End(EndReason::Shutdown),
-            }),
-            () = expiry => Some(Next::End(EndReason::Expired)),
+            next = quiet(&mut self.beats, &mut self.expires) => Some(next),
             (i, r) = event => {
                 self.turn = (i + 1) % n;
-                match r {
-                    Ok(e) if e.id <= self.topics[i].pos => None,
-                    Ok(e) => {
-                        self.topics[i].pos = e.id;
-                        self.topics[i].start_text = None;
-                        Some(Next::Event(e))
-                    }
-                    Err(Lagged(_)) => Some(Next::End(EndReason::Slow)),
-                }
+                self.take_live(i, r)
             }
         }
+    }
+
+    /// What a live event from topic `i`'s watch means.
+    fn take_live(&mut self, i: usize, r: Result<Arc<Event>, Lagged>) -> Option<Next> {
+        match r {
+            Ok(e) if e.id <= self.topics[i].pos => None,
+            Ok(e) => {
+                self.topics[i].pos = e.id;
+                self.topics[i].start_text = None;
+                Some(Next::Event(e))
+            }
+            Err(Lagged(_)) => Some(Next::End(EndReason::Slow)),
+        }
+    }
+
+    /// The topic of a one-topic subscription that is caught up, with
+    /// nothing queued: one that [`Subscription::release`] may let go.
+    pub fn releasable_topic(&self) -> Option<&Topic> {
+        match self.topics.as_slice() {
+            [t] if self.pending.is_empty() && matches!(t.phase, Phase::Live) => Some(&t.topic),
+            _ => None,
+        }
+    }
+
+    /// Hands the live part of a one-topic subscription to someone else (the
+    /// direct path's lots): if it is caught up and nothing waits in its
+    /// watch, drops the watch (its place in the ring) and returns its
+    /// position. Until [`Subscription::resume`] it only keeps time
+    /// ([`Subscription::wait_quiet`]). `None` if there is something to
+    /// deliver first: call [`Subscription::next`].
+    pub fn release(&mut self) -> Option<EventId> {
+        loop {
+            self.releasable_topic()?;
+            let t = self.topics.first_mut()?;
+            let item = match t.watch.as_mut()?.next().now_or_never() {
+                None => break,
+                Some(item) => item.unwrap_or(Err(Lagged(0))),
+            };
+            if let Some(next) = self.take_live(0, item) {
+                self.pending.push_back(next);
+                return None;
+            }
+            // A copy of one already delivered: look again.
+        }
+        let t = self.topics.first_mut()?;
+        t.watch = None;
+        Some(t.pos)
+    }
+
+    /// Takes a released subscription back at `pos` (someone else delivered
+    /// everything up to it). It watches the topic again from now and reads
+    /// the store from `pos` on its next [`Subscription::next`]; the watch
+    /// is kept while it reads, so a subscriber that cannot keep up from
+    /// here falls a ring behind and is cut off, as a live one would be.
+    pub fn resume(&mut self, pos: EventId) {
+        let store = Arc::clone(&self.store);
+        for t in &mut self.topics {
+            t.pos = pos;
+            t.start_text = None;
+            t.watch = Some(store.watch(&t.topic));
+            t.phase = Phase::CatchUp {
+                from: ReadFrom::After(pos),
+                forced_gap: None,
+                keep_watch: true,
+            };
+        }
+    }
+
+    /// While released: waits for a keep-alive beat, expiry or shutdown.
+    pub async fn wait_quiet(&mut self) -> Next {
+        quiet(&mut self.beats, &mut self.expires).await
+    }
+}
+
+/// A keep-alive beat, the end of the subscription's age, or shutdown.
+async fn quiet(beats: &mut Beats, expires: &mut Option<Pin<Box<Sleep>>>) -> Next {
+    let expiry = async {
+        match expires.as_mut() {
+            Some(sleep) => sleep.as_mut().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        beat = beats.wait() => match beat {
+            Beat::KeepAlive => Next::KeepAlive,
+            Beat::Shutdown => Next::End(EndReason::Shutdown),
+        },
+        () = expiry => Next::End(EndReason::Expired),
     }
 }
 
@@ -410,6 +496,38 @@ mod tests {
             assert_eq!(next_event(&mut sub).await.data, want.to_string());
         }
         publisher.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn release_waits_for_what_the_watch_holds_and_resume_reads_the_store() {
+        let (hub, _token) = hub(4);
+        let topic = Topic::new("r").unwrap();
+        let mut sub = hub
+            .subscribe(vec![topic.clone()], &CursorInput::Now)
+            .await
+            .unwrap();
+        assert_eq!(sub.releasable_topic(), Some(&topic));
+        // An event sits in the watch: not released, and it comes next.
+        let first = publish(&hub, "r", "first".into()).await;
+        assert_eq!(sub.release(), None);
+        assert_eq!(next_event(&mut sub).await.id, first);
+        // Nothing waits: released at the last event, the watch let go.
+        assert_eq!(sub.release(), Some(first));
+        assert!(sub.topics[0].watch.is_none());
+        // Someone else delivered up to `second`; the subscription resumes
+        // after it, reading what came since from the store (more than a
+        // page) with its watch kept.
+        let second = publish(&hub, "r", "second".into()).await;
+        for i in 0..6 {
+            publish(&hub, "r", format!("later{i}")).await;
+        }
+        sub.resume(second);
+        for i in 0..6 {
+            assert_eq!(next_event(&mut sub).await.data, format!("later{i}"));
+            assert!(sub.topics[0].watch.is_some());
+        }
+        let live = publish(&hub, "r", "live".into()).await;
+        assert_eq!(next_event(&mut sub).await.id, live);
     }
 
     #[tokio::test]

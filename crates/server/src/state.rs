@@ -11,7 +11,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::direct::park::Lots;
+use crate::direct::live::Streams;
+use crate::direct::lot::Lots;
+use crate::direct::park::Polls;
 
 /// Settings of the HTTP layer, validated by the binary before start-up.
 #[derive(Debug, Clone)]
@@ -54,7 +56,9 @@ struct Inner {
     /// The `retry:` line and comment every SSE stream opens with, encoded once.
     sse_preamble: Bytes,
     /// Where the direct path's long polls wait, per topic.
-    lots: Arc<Lots>,
+    poll_lots: Arc<Lots<Polls>>,
+    /// Where the direct path's caught-up SSE streams are written from.
+    stream_lots: Arc<Lots<Streams>>,
 }
 
 impl AppState {
@@ -72,7 +76,8 @@ impl AppState {
                 metrics,
                 shutdown,
                 sockets: TaskTracker::new(),
-                lots: Arc::default(),
+                poll_lots: Arc::default(),
+                stream_lots: Arc::default(),
             }),
         }
     }
@@ -102,8 +107,12 @@ impl AppState {
         &self.inner.sockets
     }
 
-    pub fn lots(&self) -> &Arc<Lots> {
-        &self.inner.lots
+    pub fn poll_lots(&self) -> &Arc<Lots<Polls>> {
+        &self.inner.poll_lots
+    }
+
+    pub fn stream_lots(&self) -> &Arc<Lots<Streams>> {
+        &self.inner.stream_lots
     }
 
     pub fn sse_preamble(&self) -> Bytes {

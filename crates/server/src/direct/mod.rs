@@ -37,11 +37,14 @@ use crate::subscribe::{Plan, query_topics};
 use crate::transport::{Encode, Outbox, long_poll, poll, sse, stream};
 
 pub mod head;
+pub mod live;
+pub mod lot;
 pub mod park;
 mod parked_poll;
 pub mod socket;
 
 use head::{Framing, Parsed};
+use live::Held;
 use socket::Rewind;
 
 /// Longest request head read before leaving the connection to hyper (which
@@ -116,10 +119,12 @@ pub async fn serve(state: &AppState, tcp: TcpStream) -> Outcome {
             Step::Stream { stream, http10 } => {
                 let after = match stream {
                     Stream::Sse(mut outbox) => {
-                        stream_out(&tcp, http10, sse::set_headers, &mut outbox, &mut buf).await
+                        let lot = Some(state);
+                        stream_out(&tcp, http10, sse::set_headers, &mut outbox, &mut buf, lot).await
                     }
                     Stream::Ndjson(mut outbox) => {
-                        stream_out(&tcp, http10, stream::set_headers, &mut outbox, &mut buf).await
+                        let (set, lot) = (stream::set_headers, None);
+                        stream_out(&tcp, http10, set, &mut outbox, &mut buf, lot).await
                     }
                 };
                 (after, http10)
@@ -303,12 +308,15 @@ async fn respond(tcp: &TcpStream, http10: bool, response: Response) -> After {
 
 /// Streams `outbox` until it ends or the client goes: close-delimited on
 /// HTTP/1.0, chunked on HTTP/1.1. Everything waiting goes out in one write.
+/// With `lot` (SSE streams), a stream that has caught up is handed to its
+/// topic's lot (see [`live`]) until the lot gives it back.
 async fn stream_out<E: Encode>(
-    tcp: &TcpStream,
+    tcp: &Arc<TcpStream>,
     http10: bool,
     set_headers: fn(&mut HeaderMap),
     outbox: &mut Outbox<E>,
     buf: &mut BytesMut,
+    lot: Option<&AppState>,
 ) -> After {
     let framing = if http10 {
         Framing::Close
@@ -318,7 +326,8 @@ async fn stream_out<E: Encode>(
     let head = stream_head(http10, set_headers, framing);
     let mut out = VecDeque::from([Bytes::from(head)]);
     let mut line = BytesMut::new();
-    // The head goes out at once, with whatever the stream opens with.
+    // The head goes out at once, with whatever the stream opens with (and,
+    // later, bytes left to write go out before the next wait).
     let mut opening = true;
     loop {
         if !opening {
@@ -356,6 +365,24 @@ async fn stream_out<E: Encode>(
             } else {
                 After::Close
             };
+        }
+        if let Some(state) = lot {
+            let chunked = framing == Framing::Chunked;
+            match live::hold(state, tcp, outbox.subscription(), chunked, buf).await {
+                Held::NotNow => {}
+                Held::Back { rest } => {
+                    // What the lot could not write goes out before anything
+                    // the subscription yields from here on.
+                    out = rest;
+                    opening = true;
+                }
+                Held::End { rest, next } => {
+                    out = rest;
+                    outbox.push(next);
+                    opening = true;
+                }
+                Held::Gone => return After::Close,
+            }
         }
     }
 }

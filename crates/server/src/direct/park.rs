@@ -1,73 +1,55 @@
-//! Parked long polls: a direct-path long poll on one topic waits in that
-//! topic's lot, and one task per lot, woken once per publish, writes the
-//! answer to every parked socket back to back.
-//!
-//! Why: a publish that woke 1,000 long polls used to wake 1,000 tasks, and
-//! each read the store, encoded the same answer and wrote it, so the last
-//! client waited for 999 rounds of that work before its write. Here the
-//! answer comes from the topic's ring, is encoded once per distinct
-//! (position, limit, HTTP version) — in practice once — and the only work
-//! between two clients' writes is the write. Each poll's own task runs
-//! afterwards, to carry on with its connection.
-//!
-//! Correctness rests on one rule: a poll joins the lot, whose task watches
-//! the topic, *before* it reads the store, and parks only if the lot's task
-//! has not yet taken an event newer than what the read saw. Every event
-//! after the poll's position then either was in its read or reaches the
-//! lot's task after the poll parked. A lot whose ring overflowed cannot
-//! keep that promise: it closes and sends its polls back to the store.
+//! Parked long polls: a direct-path long poll of one topic that finds
+//! nothing waits in the topic's lot ([`super::lot`]); when events arrive,
+//! the lot's task encodes the answer once per distinct (position, limit,
+//! HTTP version) — in practice once — and writes it to every parked
+//! socket back to back. Each poll's own task runs afterwards, to carry on
+//! with its connection.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, IoSlice};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
-use herald_core::fanout::Watch;
 use herald_core::{Cursor, Event, EventId, PollAnswer, Topic};
 use metrics::Counter;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use super::head::{self, Framing};
+use super::lot::{Kind, Lot, Lots, Member, Refused, lock};
 use crate::state::AppState;
 use crate::transport::poll::answer_parts;
 
-/// Most events a lot's task takes from the ring before it answers.
-const MAX_BATCH: usize = 1024;
-
-/// The lots of every topic with a parked (or parking) long poll.
-#[derive(Debug, Default)]
-pub struct Lots {
-    lots: Mutex<HashMap<Topic, Arc<Lot>>>,
-}
-
+/// The kind of lot parked long polls wait in.
 #[derive(Debug)]
-struct Lot {
-    topic: Topic,
-    state: Mutex<LotState>,
-    /// Told when the last member leaves, so the lot's task can end.
-    idle: Notify,
-}
+pub struct Polls;
 
-#[derive(Debug, Default)]
-struct LotState {
-    /// Polls that joined and have not left: reading the store or parked.
-    members: usize,
-    /// The newest event the lot's task has taken from the ring.
-    seen: Option<EventId>,
-    /// Parked polls in the order they parked, which is the order they are
-    /// answered in.
-    parked: BTreeMap<u64, Arc<Parked>>,
-    next_key: u64,
-    /// The lot's task has ended; nobody may park here any more.
-    closed: bool,
+impl Kind for Polls {
+    type Waiter = Parked;
+
+    fn lots(state: &AppState) -> &Arc<Lots<Polls>> {
+        state.poll_lots()
+    }
+
+    async fn serve(lot: &Lot<Polls>, events: &[Arc<Event>], delivered: &Counter) {
+        // No yield inside: every parked poll is answered once, and the
+        // sooner the last one is, the better.
+        answer(lot, events, delivered);
+    }
+
+    fn lost(waiters: BTreeMap<u64, Arc<Parked>>) {
+        for p in waiters.into_values() {
+            if let Some(claim) = p.take_claim() {
+                let _ = claim.done.send(Delivery::Reread);
+            }
+        }
+    }
 }
 
 /// One parked poll, as the lot's task sees it.
 #[derive(Debug)]
-struct Parked {
+pub struct Parked {
     /// The poll's position: it is answered with the events after this.
     after: EventId,
     limit: usize,
@@ -109,158 +91,39 @@ pub struct Place {
     pub http10: bool,
 }
 
-/// Why a poll could not park.
-#[derive(Debug, PartialEq, Eq)]
-pub enum NotParked {
-    /// An event newer than the poll's read has already gone by: read again.
-    Moved,
-    /// The lot closed: join a new one, then read again.
-    Closed,
-}
-
-impl Lots {
-    /// Joins the lot of `topic`, opening it (and its task, watching the
-    /// topic from now on) if there is none. The caller reads the store
-    /// only after this.
-    pub fn join(state: &AppState, topic: &Topic) -> Member {
-        let lots = state.lots();
-        let mut map = lock(&lots.lots);
-        let lot = match map.get(topic) {
-            Some(lot) => Arc::clone(lot),
-            None => {
-                let lot = Arc::new(Lot {
-                    topic: topic.clone(),
-                    state: Mutex::new(LotState::default()),
-                    idle: Notify::new(),
-                });
-                map.insert(topic.clone(), Arc::clone(&lot));
-                let watch = state.hub().store().watch(topic);
-                tokio::spawn(run(Arc::clone(lots), Arc::clone(&lot), watch));
-                lot
-            }
-        };
-        lot.lock().members += 1;
-        drop(map);
-        Member { lot }
-    }
-
-    /// Ends `lot` if nobody is in it; says whether it did.
-    fn retire_if_idle(&self, lot: &Arc<Lot>) -> bool {
-        let mut map = lock(&self.lots);
-        let mut state = lot.lock();
-        if state.members > 0 {
-            return false;
-        }
-        unlist(&mut map, lot, &mut state);
-        true
-    }
-
-    /// Ends `lot` at once: new polls go to a new lot and the parked ones
-    /// back to the store.
-    fn close(&self, lot: &Arc<Lot>) {
-        let parked = {
-            let mut map = lock(&self.lots);
-            let mut state = lot.lock();
-            unlist(&mut map, lot, &mut state);
-            std::mem::take(&mut state.parked)
-        };
-        for p in parked.into_values() {
-            if let Some(claim) = p.take_claim() {
-                let _ = claim.done.send(Delivery::Reread);
-            }
-        }
-    }
-}
-
-/// Closes `lot` and takes it off the map (both locks held by the caller),
-/// so the next poll of its topic opens a new one.
-fn unlist(map: &mut HashMap<Topic, Arc<Lot>>, lot: &Arc<Lot>, state: &mut LotState) {
-    state.closed = true;
-    if map.get(&lot.topic).is_some_and(|l| Arc::ptr_eq(l, lot)) {
-        map.remove(&lot.topic);
-    }
-}
-
-impl Lot {
-    fn lock(&self) -> MutexGuard<'_, LotState> {
-        lock(&self.state)
-    }
-}
-
-/// Every critical section here is a few map operations with no `.await`
-/// inside; a panic inside one cannot leave a half-done change behind that
-/// matters more than the server staying up.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Parked {
     fn take_claim(&self) -> Option<Claim> {
         lock(&self.claim).take()
     }
 }
 
-/// A poll's place in a lot, from joining until it leaves (dropped).
-#[derive(Debug)]
-pub struct Member {
-    lot: Arc<Lot>,
-}
-
-impl Member {
-    /// Parks the poll at `after`: the lot's task writes its answer to `tcp`
-    /// when an event after `after` arrives.
-    pub fn park(&self, at: Place, tcp: &Arc<TcpStream>) -> Result<Ticket, NotParked> {
-        let Place {
-            after,
-            limit,
-            gap,
-            http10,
-        } = at;
-        let mut state = self.lot.lock();
-        if state.closed {
-            return Err(NotParked::Closed);
-        }
-        if state.seen.is_some_and(|seen| seen > after) {
-            return Err(NotParked::Moved);
-        }
-        let (done, answer) = oneshot::channel();
-        let parked = Arc::new(Parked {
-            after,
-            limit,
-            gap,
-            http10,
-            claim: Mutex::new(Some(Claim {
-                tcp: Arc::clone(tcp),
-                done,
-            })),
-        });
-        let key = state.next_key;
-        state.next_key += 1;
-        state.parked.insert(key, Arc::clone(&parked));
-        Ok(Ticket {
-            lot: Arc::clone(&self.lot),
-            key,
-            parked,
-            answer,
-        })
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        let mut state = self.lot.lock();
-        state.members -= 1;
-        if state.members == 0 {
-            drop(state);
-            self.lot.idle.notify_one();
-        }
-    }
+/// Parks a poll at `at`: the lot's task writes its answer to `tcp` when an
+/// event after `at.after` arrives.
+pub fn park(member: &Member<Polls>, at: Place, tcp: &Arc<TcpStream>) -> Result<Ticket, Refused> {
+    let (done, answer) = oneshot::channel();
+    let parked = Arc::new(Parked {
+        after: at.after,
+        limit: at.limit,
+        gap: at.gap,
+        http10: at.http10,
+        claim: Mutex::new(Some(Claim {
+            tcp: Arc::clone(tcp),
+            done,
+        })),
+    });
+    let key = member.enter(at.after, Arc::clone(&parked))?;
+    Ok(Ticket {
+        lot: Arc::clone(member.lot()),
+        key,
+        parked,
+        answer,
+    })
 }
 
 /// A parked poll, as its own task holds it.
 #[derive(Debug)]
 pub struct Ticket {
-    lot: Arc<Lot>,
+    lot: Arc<Lot<Polls>>,
     key: u64,
     parked: Arc<Parked>,
     answer: oneshot::Receiver<Delivery>,
@@ -288,7 +151,7 @@ impl Ticket {
         if self.parked.take_claim().is_none() {
             return false;
         }
-        self.lot.lock().parked.remove(&self.key);
+        self.lot.remove(self.key);
         true
     }
 }
@@ -301,53 +164,19 @@ impl Drop for Ticket {
     }
 }
 
-/// A lot's task: takes the topic's events from the ring and answers the
-/// polls parked before them; ends when the lot is empty.
-async fn run(lots: Arc<Lots>, lot: Arc<Lot>, mut watch: Watch) {
-    let delivered = metrics::counter!("herald_events_delivered_total");
-    let mut batch = Vec::new();
-    loop {
-        tokio::select! {
-            item = watch.next() => {
-                let mut lagged = !matches!(item, Some(Ok(_)));
-                batch.extend(item.and_then(Result::ok));
-                while !lagged && batch.len() < MAX_BATCH {
-                    match watch.next().now_or_never() {
-                        Some(Some(Ok(event))) => batch.push(event),
-                        Some(_) => lagged = true,
-                        None => break,
-                    }
-                }
-                if lagged {
-                    // The ring overflowed (or ended): what was missed is
-                    // unknown, so nobody may be answered from here.
-                    lots.close(&lot);
-                    return;
-                }
-                answer(&lot, &batch, &delivered);
-                batch.clear();
-            }
-            () = lot.idle.notified() => {}
-        }
-        if lots.retire_if_idle(&lot) {
-            return;
-        }
-    }
-}
-
 /// Answers every poll parked before the newest of `events` (which are in
 /// id order): the events after its position, up to its limit.
-fn answer(lot: &Lot, events: &[Arc<Event>], delivered: &Counter) {
+fn answer(lot: &Lot<Polls>, events: &[Arc<Event>], delivered: &Counter) {
     let Some(newest) = events.last().map(|e| e.id) else {
         return;
     };
     let due = {
         let mut state = lot.lock();
-        state.seen = Some(newest);
-        let (due, waiting): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut state.parked)
+        state.saw(newest);
+        let (due, waiting): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut state.waiters)
             .into_iter()
             .partition(|(_, p)| p.after < newest);
-        state.parked = waiting;
+        state.waiters = waiting;
         due
     };
     if due.is_empty() {
@@ -371,7 +200,7 @@ fn answer(lot: &Lot, events: &[Arc<Event>], delivered: &Counter) {
         let bytes = match encoded.iter().find(|(s, _)| *s == shape) {
             Some((_, bytes)) => bytes.clone(),
             None => {
-                let bytes = encode(&lot.topic, events, shape, &date);
+                let bytes = encode(lot.topic(), events, shape, &date);
                 encoded.push((shape, bytes.clone()));
                 bytes
             }

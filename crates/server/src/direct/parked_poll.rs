@@ -16,7 +16,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::Reply;
-use super::park::{Delivery, Lots, NotParked, Place};
+use super::lot::{Lots, Refused};
+use super::park::{Delivery, Place, Polls, park};
 use crate::error::ApiError;
 use crate::negotiate::Transport;
 use crate::query::Query;
@@ -62,7 +63,7 @@ async fn wait(
     let _gauge = SubscriptionGauge::open(Transport::LongPoll);
     let hub = state.hub();
     // Joined before the first read: see `park`.
-    let mut member = Lots::join(state, &topic);
+    let mut member = Lots::<Polls>::join(state, &topic);
     let start = match cursor.start_for(&topic) {
         Start::Head => Start::After(hub.store().head(&topic).await?),
         other => other,
@@ -83,10 +84,10 @@ async fn wait(
             gap,
             http10,
         };
-        let mut ticket = match member.park(place, tcp) {
+        let mut ticket = match park(&member, place, tcp) {
             Ok(ticket) => ticket,
-            Err(NotParked::Moved) => continue,
-            Err(NotParked::Closed) => {
+            Err(Refused::Moved) => continue,
+            Err(Refused::Closed) => {
                 member = Lots::join(state, &topic);
                 continue;
             }

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Most buffers handed to one `writev`.
-const MAX_SLICES: usize = 64;
+pub const MAX_SLICES: usize = 64;
 
 /// Most bytes taken by one read.
 const READ_CHUNK: usize = 2048;

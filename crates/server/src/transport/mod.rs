@@ -131,6 +131,17 @@ impl<E: Encode> Outbox<E> {
         }
     }
 
+    /// The subscription, for a writer that hands its live part elsewhere
+    /// for a while (the direct path's lots).
+    pub fn subscription(&mut self) -> &mut Subscription {
+        &mut self.sub
+    }
+
+    /// Queues `next` as if the subscription had yielded it.
+    pub fn push(&mut self, next: Next) {
+        self.take(next);
+    }
+
     /// Nothing queued and nothing more to come.
     pub fn is_finished(&self) -> bool {
         self.ended && self.queue.is_empty()

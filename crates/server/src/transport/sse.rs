@@ -14,7 +14,7 @@ use crate::negotiate::Transport;
 use crate::state::AppState;
 
 /// The keep-alive comment, sent every keep-alive interval.
-const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
 /// How events are laid out on an SSE stream.
 #[derive(Debug, Clone, Default)]
