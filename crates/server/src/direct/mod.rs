@@ -98,7 +98,8 @@ enum Stream {
 /// Serves requests on `tcp` for as long as they are ones the direct path
 /// answers.
 pub async fn serve(state: &AppState, tcp: TcpStream) -> Outcome {
-    // Shared: a parked long poll's answer is written by its topic's lot.
+    // Shared: a parked long poll's answer and a caught-up stream's events
+    // are written by their topic's lot.
     let tcp = Arc::new(tcp);
     let mut buf = BytesMut::new();
     loop {
