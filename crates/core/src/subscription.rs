@@ -268,6 +268,15 @@ impl Subscription {
                 if t.watch.is_none() {
                     t.watch = Some(store.watch(&t.topic));
                 }
+                if keep_watch
+                    && let Some(watch) = t.watch.as_mut()
+                    && lagged(watch)
+                {
+                    // It fell a whole ring behind while catching up: cut off,
+                    // as it would have been live.
+                    self.pending.push_back(Next::End(EndReason::Slow));
+                    return Ok(());
+                }
                 let page = store.read(&t.topic, from, self.page_size).await?;
                 let given = match (forced_gap, from) {
                     (Some(g), _) => Some(g),
@@ -357,6 +366,25 @@ impl Subscription {
         }
     }
 
+    /// Moves what waits in a caught-up one-topic subscription's watch to
+    /// its queue, so that [`Subscription::releasable_topic`] tells whether
+    /// there is anything to deliver first.
+    pub fn take_waiting(&mut self) {
+        while self.releasable_topic().is_some() {
+            let Some(watch) = self.topics.first_mut().and_then(|t| t.watch.as_mut()) else {
+                return;
+            };
+            let item = match watch.next().now_or_never() {
+                None => return,
+                Some(item) => item.unwrap_or(Err(Lagged(0))),
+            };
+            // `None`: a copy of one already delivered; look again.
+            if let Some(next) = self.take_live(0, item) {
+                self.pending.push_back(next);
+            }
+        }
+    }
+
     /// Hands the live part of a one-topic subscription to someone else (the
     /// direct path's lots): if it is caught up and nothing waits in its
     /// watch, drops the watch (its place in the ring) and returns its
@@ -364,19 +392,8 @@ impl Subscription {
     /// ([`Subscription::wait_quiet`]). `None` if there is something to
     /// deliver first: call [`Subscription::next`].
     pub fn release(&mut self) -> Option<EventId> {
-        loop {
-            self.releasable_topic()?;
-            let t = self.topics.first_mut()?;
-            let item = match t.watch.as_mut()?.next().now_or_never() {
-                None => break,
-                Some(item) => item.unwrap_or(Err(Lagged(0))),
-            };
-            if let Some(next) = self.take_live(0, item) {
-                self.pending.push_back(next);
-                return None;
-            }
-            // A copy of one already delivered: look again.
-        }
+        self.take_waiting();
+        self.releasable_topic()?;
         let t = self.topics.first_mut()?;
         t.watch = None;
         Some(t.pos)
@@ -404,6 +421,18 @@ impl Subscription {
     /// While released: waits for a keep-alive beat, expiry or shutdown.
     pub async fn wait_quiet(&mut self) -> Next {
         quiet(&mut self.beats, &mut self.expires).await
+    }
+}
+
+/// Takes what waits in `watch` (the store read that follows covers it);
+/// says whether the ring overflowed it on the way.
+fn lagged(watch: &mut Watch) -> bool {
+    loop {
+        match watch.next().now_or_never() {
+            None => return false,
+            Some(Some(Ok(_))) => {}
+            Some(Some(Err(Lagged(_))) | None) => return true,
+        }
     }
 }
 
@@ -528,6 +557,37 @@ mod tests {
         }
         let live = publish(&hub, "r", "live".into()).await;
         assert_eq!(next_event(&mut sub).await.id, live);
+    }
+
+    #[tokio::test]
+    async fn a_resumed_subscriber_that_falls_a_ring_behind_is_cut_off_before_catching_up() {
+        let token = CancellationToken::new();
+        let retention = Retention {
+            max_events: 100_000,
+            max_age: None,
+        };
+        // A ring of 8 and pages of 4.
+        let store = MemoryStore::new(retention, Fanout::new(8));
+        let config = HubConfig {
+            page_size: 4,
+            ..HubConfig::default()
+        };
+        let hb = Heartbeat::start(Duration::from_secs(3600), token.clone());
+        let hub = Hub::new(store, config, hb);
+        let mut sub = hub
+            .subscribe(vec![Topic::new("s").unwrap()], &CursorInput::Now)
+            .await
+            .unwrap();
+        let pos = sub.release().unwrap();
+        sub.resume(pos);
+        // More than a ring's worth arrives before it reads again.
+        for i in 0..20 {
+            publish(&hub, "s", i.to_string()).await;
+        }
+        match sub.next().await {
+            Next::End(EndReason::Slow) => {}
+            other => panic!("expected to be cut off as slow, got {other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use metrics::Counter;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::lot::{Kind, Lot, Lots, lock};
+use super::lot::{Kind, Lot, Lots, Member, lock};
 use super::socket;
 use crate::state::AppState;
 use crate::transport::sse::KEEP_ALIVE;
@@ -100,6 +100,8 @@ pub async fn hold(
     chunked: bool,
     buf: &mut BytesMut,
 ) -> Held {
+    // Nothing to deliver first, or there is no point joining.
+    sub.take_waiting();
     let Some(topic) = sub.releasable_topic().cloned() else {
         return Held::NotNow;
     };
@@ -123,29 +125,54 @@ pub async fn hold(
         sub.resume(pos);
         return Held::NotNow;
     };
+    let entered = Entered { live, member, key };
     let ended = loop {
         tokio::select! {
-            () = live.back.notified() => break Ended::Back,
+            () = entered.live.back.notified() => break Ended::Back,
             next = sub.wait_quiet() => match next {
-                Next::KeepAlive if keep_alive(&live) => {}
+                Next::KeepAlive if keep_alive(&entered.live) => {}
                 Next::KeepAlive => break Ended::Back,
                 next => break Ended::Next(next),
             },
             () = super::client_gone(tcp, buf) => break Ended::Gone,
         }
     };
-    let (pos, rest, failed) = {
-        let mut slot = lock(&live.slot);
-        slot.tcp = None;
-        (slot.pos, std::mem::take(&mut slot.rest), slot.failed)
-    };
-    member.lot().remove(key);
+    let (pos, rest, failed) = entered.leave();
     sub.resume(pos);
     match ended {
         _ if failed => Held::Gone,
         Ended::Gone => Held::Gone,
         Ended::Back => Held::Back { rest },
         Ended::Next(next) => Held::End { rest, next },
+    }
+}
+
+/// A stream in a lot, as its own task holds it. Leaving (or being dropped)
+/// takes the socket back from the lot, so the lot never writes to a stream
+/// nobody manages.
+struct Entered {
+    live: Arc<Live>,
+    member: Member<Streams>,
+    key: u64,
+}
+
+impl Entered {
+    /// Takes the stream out of the lot: its position, the bytes the lot
+    /// could not write, and whether a write failed.
+    fn leave(&self) -> (EventId, VecDeque<Bytes>, bool) {
+        let taken = {
+            let mut slot = lock(&self.live.slot);
+            slot.tcp = None;
+            (slot.pos, std::mem::take(&mut slot.rest), slot.failed)
+        };
+        self.member.lot().remove(self.key);
+        taken
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -228,8 +255,7 @@ async fn write_all_streams(lot: &Lot<Streams>, events: &[Arc<Event>], delivered:
         return;
     };
     let streams: Vec<(u64, Arc<Live>)> = {
-        let mut state = lot.lock();
-        state.saw(newest);
+        let state = lot.lock();
         state
             .waiters
             .iter()
@@ -260,7 +286,10 @@ async fn write_all_streams(lot: &Lot<Streams>, events: &[Arc<Event>], delivered:
             parts.extend(encoded[from..].iter().cloned());
             delivered.increment((events.len() - from) as u64);
             slot.pos = newest;
-            if !write_now(&tcp, &mut parts, &mut slot) {
+            let all_written = write_now(&tcp, &mut parts, &mut slot);
+            drop(tcp);
+            if !all_written {
+                // The socket is the stream's alone again before it hears.
                 slot.tcp = None;
                 drop(slot);
                 live.back.notify_one();

@@ -38,7 +38,7 @@ pub trait Kind: Sized + Send + Sync + 'static {
     fn lots(state: &AppState) -> &Arc<Lots<Self>>;
 
     /// Serves `events` (in id order, all newer than anything served
-    /// before) to the clients in `lot`.
+    /// before) to the clients in `lot`; the lot has noted them as seen.
     fn serve(
         lot: &Lot<Self>,
         events: &[Arc<Event>],
@@ -187,8 +187,8 @@ impl<K: Kind> Lot<K> {
 
 impl<K: Kind> LotState<K> {
     /// Notes that the lot's task took events up to `newest`.
-    pub fn saw(&mut self, newest: EventId) {
-        self.seen = Some(newest);
+    fn saw(&mut self, newest: EventId) {
+        self.seen = self.seen.max(Some(newest));
     }
 }
 
@@ -236,16 +236,26 @@ impl<K: Kind> Drop for Member<K> {
 async fn run<K: Kind>(lots: Arc<Lots<K>>, lot: Arc<Lot<K>>, mut watch: Watch) {
     let delivered = metrics::counter!("herald_events_delivered_total");
     let mut batch = Vec::new();
+    // The newest event taken. A ring may repeat events (the Redis store
+    // replays after a reconnect): only newer ones are served, in order.
+    let mut last = None;
     loop {
         tokio::select! {
             item = watch.next() => {
-                let mut lagged = !matches!(item, Some(Ok(_)));
-                batch.extend(item.and_then(Result::ok));
-                while !lagged && batch.len() < MAX_BATCH {
-                    match watch.next().now_or_never() {
-                        Some(Some(Ok(event))) => batch.push(event),
-                        Some(_) => lagged = true,
-                        None => break,
+                let mut item = Some(item);
+                let mut lagged = false;
+                while let Some(next) = item.take() {
+                    match next {
+                        Some(Ok(event)) => {
+                            if last.is_none_or(|last| event.id > last) {
+                                last = Some(event.id);
+                                batch.push(event);
+                            }
+                        }
+                        Some(Err(_)) | None => lagged = true,
+                    }
+                    if !lagged && batch.len() < MAX_BATCH {
+                        item = watch.next().now_or_never();
                     }
                 }
                 if lagged {
@@ -254,13 +264,93 @@ async fn run<K: Kind>(lots: Arc<Lots<K>>, lot: Arc<Lot<K>>, mut watch: Watch) {
                     lots.close(&lot);
                     return;
                 }
-                K::serve(&lot, &batch, &delivered).await;
-                batch.clear();
+                if let Some(newest) = batch.last().map(|e| e.id) {
+                    // Before anyone is served: a client entering from here
+                    // on at an older position must read again.
+                    lot.lock().saw(newest);
+                    K::serve(&lot, &batch, &delivered).await;
+                    batch.clear();
+                }
             }
             () = lot.idle.notified() => {}
         }
         if lots.retire_if_idle(&lot) {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_core::EventType;
+    use herald_core::fanout::Fanout;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// A lot that reports the ids of every batch it serves.
+    struct Record;
+
+    impl Kind for Record {
+        type Waiter = mpsc::UnboundedSender<Vec<EventId>>;
+
+        fn lots(_: &AppState) -> &Arc<Lots<Record>> {
+            panic!("the test builds its lot by hand")
+        }
+
+        async fn serve(lot: &Lot<Record>, events: &[Arc<Event>], _: &Counter) {
+            let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();
+            for tx in lot.lock().waiters.values() {
+                let _ = tx.send(ids.clone());
+            }
+        }
+
+        fn lost(_: BTreeMap<u64, Arc<Self::Waiter>>) {}
+    }
+
+    fn event(topic: &Topic, seq: u64) -> Arc<Event> {
+        let id = EventId { ms: 1, seq };
+        Arc::new(Event::new(
+            id,
+            topic.clone(),
+            EventType::message(),
+            String::new(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_ring_that_repeats_events_is_served_each_once_in_order() {
+        let topic = Topic::new("t").unwrap();
+        let fanout = Fanout::new(64);
+        let lots = Arc::new(Lots::<Record>::default());
+        let lot = Arc::new(Lot {
+            topic: topic.clone(),
+            state: Mutex::new(LotState {
+                members: 1,
+                seen: None,
+                waiters: BTreeMap::new(),
+                next_key: 0,
+                closed: false,
+            }),
+            idle: Notify::new(),
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        lot.lock().waiters.insert(0, Arc::new(tx));
+        let task = tokio::spawn(run(
+            Arc::clone(&lots),
+            Arc::clone(&lot),
+            fanout.watch(&topic),
+        ));
+        // A replay after a reconnect: 2 and 3 again, then 4.
+        let sent = [1, 2, 3, 2, 3, 4].map(|seq| event(&topic, seq));
+        fanout.send(&sent);
+        let mut served = Vec::new();
+        while served.len() < 4 {
+            served.extend(rx.recv().await.unwrap());
+        }
+        let want: Vec<EventId> = (1..=4).map(|seq| EventId { ms: 1, seq }).collect();
+        assert_eq!(served, want);
+        assert_eq!(lot.lock().seen, Some(want[3]));
+        task.abort();
     }
 }

@@ -40,8 +40,10 @@ impl Kind for Polls {
 
     fn lost(waiters: BTreeMap<u64, Arc<Parked>>) {
         for p in waiters.into_values() {
-            if let Some(claim) = p.take_claim() {
-                let _ = claim.done.send(Delivery::Reread);
+            if let Some(Claim { tcp, done }) = p.take_claim() {
+                // The socket is the poll's alone again before it hears.
+                drop(tcp);
+                let _ = done.send(Delivery::Reread);
             }
         }
     }
@@ -172,7 +174,6 @@ fn answer(lot: &Lot<Polls>, events: &[Arc<Event>], delivered: &Counter) {
     };
     let due = {
         let mut state = lot.lock();
-        state.saw(newest);
         let (due, waiting): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut state.waiters)
             .into_iter()
             .partition(|(_, p)| p.after < newest);

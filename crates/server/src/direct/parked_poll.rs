@@ -86,7 +86,16 @@ async fn wait(
         };
         let mut ticket = match park(&member, place, tcp) {
             Ok(ticket) => ticket,
-            Err(Refused::Moved) => continue,
+            Err(Refused::Moved) => {
+                // Read again, but let the store catch up with the ring
+                // first and mind the deadline.
+                tokio::task::yield_now().await;
+                if Instant::now() >= deadline {
+                    let empty = PollAnswer { gap, ..answer };
+                    return Ok(Reply::Whole(to_response(&empty)));
+                }
+                continue;
+            }
             Err(Refused::Closed) => {
                 member = Lots::join(state, &topic);
                 continue;
