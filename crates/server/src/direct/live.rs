@@ -100,7 +100,8 @@ pub async fn hold(
     chunked: bool,
     buf: &mut BytesMut,
 ) -> Held {
-    // Nothing to deliver first, or there is no point joining.
+    // Whatever already waits is delivered first; joining is pointless
+    // until then.
     sub.take_waiting();
     let Some(topic) = sub.releasable_topic().cloned() else {
         return Held::NotNow;
