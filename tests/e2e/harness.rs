@@ -136,6 +136,24 @@ pub async fn publish(server: &Server, topic: &str, data: &str) -> String {
     v["id"].as_str().expect("id").to_owned()
 }
 
+/// Publishes `0`, `1`, … `n - 1` to `topic` as one NDJSON batch (one
+/// commit, one hand-over to the fan-out) and returns what each should read.
+pub async fn publish_numbered_batch(server: &Server, topic: &str, n: usize) -> Vec<String> {
+    let data: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    let batch: String = data
+        .iter()
+        .map(|d| format!("{{\"topic\":\"{topic}\",\"data\":\"{d}\"}}\n"))
+        .collect();
+    let r = client()
+        .post(server.url("/publish"))
+        .body(batch)
+        .send()
+        .await
+        .expect("publish batch");
+    assert_eq!(r.status(), 201, "publish batch to {topic}");
+    data
+}
+
 /// The value of one metric line (`name{labels} value`) from `/metrics`.
 pub async fn metric(server: &Server, series: &str) -> f64 {
     let text = client()

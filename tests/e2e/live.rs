@@ -8,7 +8,9 @@ use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 
-use crate::harness::{Raw, Server, client, metric, temp_dir, wait_for_metric, within};
+use crate::harness::{
+    Raw, Server, client, metric, publish_numbered_batch, temp_dir, wait_for_metric, within,
+};
 
 const SSE: &str = "herald_subscriptions{transport=\"sse\"}";
 
@@ -89,17 +91,7 @@ async fn a_lot_whose_ring_overflows_hands_its_streams_back_whole() {
         .map(|_| tokio::spawn(read_n(base.clone(), "flood", "now".into(), 10)))
         .collect();
     wait_for_metric(&server, SSE, 3.0).await;
-    let batch: String = (0..10)
-        .map(|i| format!("{{\"topic\":\"flood\",\"data\":\"{i}\"}}\n"))
-        .collect();
-    let r = client()
-        .post(server.url("/publish"))
-        .body(batch)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let want: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    let want = publish_numbered_batch(&server, "flood", 10).await;
     for seen in join_all(readers).await {
         assert_eq!(seen.unwrap(), want);
     }

@@ -7,7 +7,9 @@
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use crate::harness::{Raw, Server, client, publish, temp_dir, wait_for_metric, within};
+use crate::harness::{
+    Raw, Server, client, publish, publish_numbered_batch, temp_dir, wait_for_metric, within,
+};
 
 const LONG_POLLS: &str = "herald_subscriptions{transport=\"long-poll\"}";
 
@@ -196,20 +198,10 @@ async fn a_ring_that_overflows_sends_parked_polls_back_to_the_store() {
     let polls: Vec<_> = (0..3)
         .map(|_| long_poll(&server, "flood", &cursor, "60"))
         .collect();
-    let batch: String = (0..10)
-        .map(|i| format!("{{\"topic\":\"flood\",\"data\":\"{i}\"}}\n"))
-        .collect();
-    let (answers, ()) = tokio::join!(within("the flooded polls", join_all(polls)), async {
+    let (answers, want) = tokio::join!(within("the flooded polls", join_all(polls)), async {
         wait_for_metric(&server, LONG_POLLS, 3.0).await;
-        let r = client()
-            .post(server.url("/publish"))
-            .body(batch)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        publish_numbered_batch(&server, "flood", 10).await
     });
-    let want: Vec<String> = (0..10).map(|i| i.to_string()).collect();
     for (status, _, body) in answers {
         assert_eq!(status, 200);
         assert_eq!(body["gap"], false);
