@@ -50,6 +50,18 @@ async fn long_poll(
     (status, next, body)
 }
 
+/// A raw long poll of `topic` from `cursor` over `version` (`1.0` or
+/// `1.1`), returned once the server counts `parked` long polls.
+async fn park_raw(server: &Server, topic: &str, cursor: &str, version: &str, parked: f64) -> Raw {
+    let raw = Raw::request(
+        server,
+        &format!("GET /topics/{topic}?transport=long-poll&timeout=60 HTTP/{version}\r\nHost: x\r\nLast-Event-ID: {cursor}\r\n\r\n"),
+    )
+    .await;
+    wait_for_metric(server, LONG_POLLS, parked).await;
+    raw
+}
+
 #[tokio::test]
 async fn every_parked_poll_gets_the_one_publish() {
     let server = Server::start(&[]);
@@ -156,12 +168,7 @@ async fn a_parked_poll_times_out_with_its_cursor_and_the_next_finds_the_event() 
 async fn a_parked_poll_over_http10_is_answered_then_closed() {
     let server = Server::start(&[]);
     let cursor = head(&server, "old").await;
-    let mut raw = Raw::request(
-        &server,
-        &format!("GET /topics/old?transport=long-poll&timeout=60 HTTP/1.0\r\nLast-Event-ID: {cursor}\r\n\r\n"),
-    )
-    .await;
-    wait_for_metric(&server, LONG_POLLS, 1.0).await;
+    let mut raw = park_raw(&server, "old", &cursor, "1.0", 1.0).await;
     let id = publish(&server, "old", "once").await;
     let text = raw.read_to_close().await;
     assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
@@ -175,12 +182,7 @@ async fn a_parked_poll_over_http10_is_answered_then_closed() {
 async fn a_parked_answer_leaves_the_connection_ready_for_the_next_request() {
     let server = Server::start(&[]);
     let cursor = head(&server, "keep").await;
-    let mut raw = Raw::request(
-        &server,
-        &format!("GET /topics/keep?transport=long-poll&timeout=60 HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {cursor}\r\n\r\n"),
-    )
-    .await;
-    wait_for_metric(&server, LONG_POLLS, 1.0).await;
+    let mut raw = park_raw(&server, "keep", &cursor, "1.1", 1.0).await;
     publish(&server, "keep", "first").await;
     raw.until("\"gap\":false}").await;
     raw.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -219,11 +221,10 @@ async fn a_ring_that_overflows_sends_parked_polls_back_to_the_store() {
 async fn clients_leaving_a_lot_are_forgotten_and_the_topic_serves_on() {
     let server = Server::start(&[]);
     let cursor = head(&server, "gone").await;
-    let request = format!(
-        "GET /topics/gone?transport=long-poll&timeout=60 HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {cursor}\r\n\r\n"
-    );
-    let raws: Vec<Raw> = join_all((0..5).map(|_| Raw::request(&server, &request))).await;
-    wait_for_metric(&server, LONG_POLLS, 5.0).await;
+    let mut raws = Vec::new();
+    for parked in 1..=5 {
+        raws.push(park_raw(&server, "gone", &cursor, "1.1", f64::from(parked)).await);
+    }
     drop(raws);
     wait_for_metric(&server, LONG_POLLS, 0.0).await;
     let id = publish(&server, "gone", "after").await;

@@ -6,16 +6,21 @@ use std::time::{Duration, Instant};
 
 use crate::net::Target;
 
-/// The value of one series (`name{labels}`) from `/metrics`, 0 if absent.
-pub async fn metric(client: &reqwest::Client, t: &Target, series: &str) -> f64 {
-    let text = client
+/// The whole `/metrics` page.
+async fn metrics_text(client: &reqwest::Client, t: &Target) -> String {
+    client
         .get(format!("{}/metrics", t.base))
         .send()
         .await
         .expect("GET /metrics")
         .text()
         .await
-        .expect("metrics body");
+        .expect("metrics body")
+}
+
+/// The value of one series (`name{labels}`) from `/metrics`, 0 if absent.
+pub async fn metric(client: &reqwest::Client, t: &Target, series: &str) -> f64 {
+    let text = metrics_text(client, t).await;
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
@@ -52,14 +57,7 @@ pub async fn labelled_metric(
     name: &str,
     labels: &[(&str, &str)],
 ) -> f64 {
-    let text = client
-        .get(format!("{}/metrics", t.base))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let text = metrics_text(client, t).await;
     let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     text.lines()
         .find_map(|l| {

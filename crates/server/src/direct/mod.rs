@@ -266,7 +266,9 @@ async fn prepare(
             let Some(topic) = topics.into_iter().next() else {
                 return Reply::Gone;
             };
-            parked_poll::respond(state, tcp, buf, topic, &cursor, &query, http10).await
+            parked_poll::respond(state, tcp, buf, topic, &cursor, &query, http10)
+                .await
+                .unwrap_or_else(|e| Reply::Whole(e.into_response()))
         }
         Transport::LongPoll => tokio::select! {
             answer = long_poll::respond(state, &topics, &cursor, &query) => {

@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use axum::response::IntoResponse;
 use bytes::BytesMut;
 use herald_core::cursor::Start;
 use herald_core::{CursorInput, EventId, PollAnswer, Topic};
@@ -34,22 +33,8 @@ enum Woke {
     Gone,
 }
 
+/// Answers a long poll of `topic`; the error is the client's answer too.
 pub async fn respond(
-    state: &AppState,
-    tcp: &Arc<TcpStream>,
-    buf: &mut BytesMut,
-    topic: Topic,
-    cursor: &CursorInput,
-    query: &Query,
-    http10: bool,
-) -> Reply {
-    match wait(state, tcp, buf, topic, cursor, query, http10).await {
-        Ok(reply) => reply,
-        Err(e) => Reply::Whole(e.into_response()),
-    }
-}
-
-async fn wait(
     state: &AppState,
     tcp: &Arc<TcpStream>,
     buf: &mut BytesMut,
@@ -91,8 +76,7 @@ async fn wait(
                 // first and mind the deadline.
                 tokio::task::yield_now().await;
                 if Instant::now() >= deadline {
-                    let empty = PollAnswer { gap, ..answer };
-                    return Ok(Reply::Whole(to_response(&empty)));
+                    return Ok(nothing(gap, answer));
                 }
                 continue;
             }
@@ -113,10 +97,7 @@ async fn wait(
                 // The lot's task answered at the same moment.
                 Some(delivery) => delivery,
                 None if matches!(woke, Woke::Gone) => return Ok(Reply::Gone),
-                None => {
-                    let empty = PollAnswer { gap, ..answer };
-                    return Ok(Reply::Whole(to_response(&empty)));
-                }
+                None => return Ok(nothing(gap, answer)),
             },
         };
         match delivery {
@@ -125,4 +106,9 @@ async fn wait(
             Delivery::Reread => member = Lots::join(state, &topic),
         }
     }
+}
+
+/// `204` with the cursor the poll waited at.
+fn nothing(gap: bool, answer: PollAnswer) -> Reply {
+    Reply::Whole(to_response(&PollAnswer { gap, ..answer }))
 }
