@@ -32,6 +32,9 @@ pub fn describe_metrics() {
     for t in Transport::ALL {
         metrics::gauge!("herald_subscriptions", "transport" => t.label()).increment(0.0);
     }
+    for stack in ["direct", "hyper"] {
+        metrics::counter!("herald_subscribe_requests_total", "stack" => stack).increment(0);
+    }
     for name in [
         "herald_events_published_total",
         "herald_events_delivered_total",
@@ -51,6 +54,10 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "herald_subscribers_dropped_total",
         "Subscribers cut off because they could not keep up."
+    );
+    metrics::describe_counter!(
+        "herald_subscribe_requests_total",
+        "Subscribe requests decided, by the HTTP stack that read them (direct: herald's own HTTP/1; hyper: HTTP/2, WebSocket, and what the direct path leaves)."
     );
     metrics::describe_histogram!(
         "herald_store_seconds",

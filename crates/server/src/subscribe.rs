@@ -96,6 +96,7 @@ async fn subscribe(
     request: Request,
 ) -> Result<Response, ApiError> {
     let (mut parts, _body) = request.into_parts();
+    metrics::counter!("herald_subscribe_requests_total", "stack" => "hyper").increment(1);
     let Plan {
         transport,
         cursor,

@@ -160,7 +160,10 @@ async fn request(state: &AppState, tcp: &Arc<TcpStream>, buf: &mut BytesMut) -> 
         }
     };
     let job = match decide(&head) {
-        Decision::Answer(job) => job,
+        Decision::Answer(job) => {
+            metrics::counter!("herald_subscribe_requests_total", "stack" => "direct").increment(1);
+            job
+        }
         Decision::Hyper => return Step::Hyper,
     };
     let http10 = head.http10;
