@@ -1,12 +1,8 @@
 //! The hub: the one handle the server holds. It publishes through the store,
-//! answers polls and long polls, and opens subscriptions.
+//! answers polls (long polls: [`crate::long_poll`]), and opens subscriptions.
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use futures_util::StreamExt;
-use futures_util::future::select_all;
-use tokio::time::Instant;
 
 use crate::cursor::{Cursor, CursorInput, Start};
 use crate::error::StoreError;
@@ -132,50 +128,6 @@ impl Hub {
             .map(|t| (t.clone(), cursor.start_for(t)))
             .collect();
         self.poll_at(&starts, limit).await
-    }
-
-    /// Long poll: waits until at least one event is after the cursor, the
-    /// timeout passes or the server stops; then answers like a short poll.
-    pub async fn long_poll(
-        &self,
-        topics: &[Topic],
-        cursor: &CursorInput,
-        limit: usize,
-        timeout: Duration,
-    ) -> Result<PollAnswer, StoreError> {
-        let deadline = Instant::now() + timeout;
-        let store = &self.inner.store;
-        // Watches first, so nothing stored after the reads below is missed.
-        let mut watches: Vec<_> = topics.iter().map(|t| store.watch(t)).collect();
-        let mut starts = Vec::with_capacity(topics.len());
-        for t in topics {
-            let start = match cursor.start_for(t) {
-                Start::Head => Start::After(store.head(t).await?),
-                other => other,
-            };
-            starts.push((t.clone(), start));
-        }
-        let mut gap = false;
-        let shutdown = self.inner.heartbeat.shutdown().clone();
-        loop {
-            let answer = self.poll_at(&starts, limit).await?;
-            gap |= answer.gap;
-            if !answer.events.is_empty() {
-                return Ok(PollAnswer { gap, ..answer });
-            }
-            starts = answer
-                .next
-                .positions
-                .iter()
-                .map(|(t, id)| (t.clone(), Start::After(*id)))
-                .collect();
-            let any_event = select_all(watches.iter_mut().map(|w| w.next()));
-            tokio::select! {
-                _ = any_event => {}
-                () = tokio::time::sleep_until(deadline) => return Ok(PollAnswer { gap, ..answer }),
-                () = shutdown.cancelled() => return Ok(PollAnswer { gap, ..answer }),
-            }
-        }
     }
 
     /// Answers like a short poll from positions already resolved (a long

@@ -10,6 +10,7 @@ pub mod event;
 pub mod fanout;
 pub mod heartbeat;
 pub mod hub;
+pub mod long_poll;
 pub mod name;
 pub mod store;
 pub mod subscription;

@@ -357,25 +357,22 @@ impl Subscription {
         }
     }
 
-    /// The topic of a one-topic subscription that is caught up, with
-    /// nothing queued: one that [`Subscription::release`] may let go.
-    pub fn releasable_topic(&self) -> Option<&Topic> {
-        match self.topics.as_slice() {
-            [t] if self.pending.is_empty() && matches!(t.phase, Phase::Live) => Some(&t.topic),
-            _ => None,
-        }
-    }
-
-    /// Moves what waits in a caught-up one-topic subscription's watch to
-    /// its queue, so that [`Subscription::releasable_topic`] tells whether
-    /// there is anything to deliver first.
-    pub fn take_waiting(&mut self) {
-        while self.releasable_topic().is_some() {
-            let Some(watch) = self.topics.first_mut().and_then(|t| t.watch.as_mut()) else {
-                return;
+    /// Whether the subscription can hand its live part to someone else
+    /// now ([`Subscription::release`]): it follows one topic, is caught up
+    /// and has nothing to deliver first. What already waits in its watch
+    /// is moved to its queue on the way, so `None` also means "call
+    /// [`Subscription::next`] first". Returns the topic.
+    pub fn releasable(&mut self) -> Option<Topic> {
+        loop {
+            let t = match self.topics.as_mut_slice() {
+                [t] if self.pending.is_empty() && matches!(t.phase, Phase::Live) => t,
+                _ => return None,
+            };
+            let Some(watch) = t.watch.as_mut() else {
+                return Some(t.topic.clone());
             };
             let item = match watch.next().now_or_never() {
-                None => return,
+                None => return Some(t.topic.clone()),
                 Some(item) => item.unwrap_or(Err(Lagged(0))),
             };
             // `None`: a copy of one already delivered; look again.
@@ -385,15 +382,14 @@ impl Subscription {
         }
     }
 
-    /// Hands the live part of a one-topic subscription to someone else (the
-    /// direct path's lots): if it is caught up and nothing waits in its
-    /// watch, drops the watch (its place in the ring) and returns its
-    /// position. Until [`Subscription::resume`] it only keeps time
-    /// ([`Subscription::wait_quiet`]). `None` if there is something to
-    /// deliver first: call [`Subscription::next`].
+    /// Hands the live part of a one-topic subscription to someone else
+    /// who delivers its topic's events from now on (a writer serving many
+    /// subscribers at once): if it is [`Subscription::releasable`], drops
+    /// the watch (its place in the ring) and returns its position. Until
+    /// [`Subscription::resume`] it only keeps time
+    /// ([`Subscription::wait_quiet`]).
     pub fn release(&mut self) -> Option<EventId> {
-        self.take_waiting();
-        self.releasable_topic()?;
+        self.releasable()?;
         let t = self.topics.first_mut()?;
         t.watch = None;
         Some(t.pos)
@@ -535,7 +531,7 @@ mod tests {
             .subscribe(vec![topic.clone()], &CursorInput::Now)
             .await
             .unwrap();
-        assert_eq!(sub.releasable_topic(), Some(&topic));
+        assert_eq!(sub.releasable(), Some(topic.clone()));
         // An event sits in the watch: not released, and it comes next.
         let first = publish(&hub, "r", "first".into()).await;
         assert_eq!(sub.release(), None);

@@ -50,6 +50,12 @@ pub fn encode_event(
     serde_json::to_string(&wire).unwrap_or_default()
 }
 
+/// The data of a `gap` signal: the cursor the client gave, and the topic
+/// it was for.
+pub fn gap_data(topic: &str, cursor: &str) -> String {
+    serde_json::json!({ "cursor": cursor, "topic": topic }).to_string()
+}
+
 /// Encodes `s` as a JSON string literal, quotes included.
 pub fn quote(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()

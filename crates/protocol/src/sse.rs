@@ -79,7 +79,10 @@ pub fn preamble(retry_ms: u64, comment: &str) -> Bytes {
     Bytes::from(format!("retry: {retry_ms}\n: {comment}\n\n"))
 }
 
-/// A comment line ending an (empty) event block; used as keep-alive.
+/// The keep-alive of a stream: a comment line, which clients skip.
+pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+
+/// A comment line ending an (empty) event block.
 pub fn comment(text: &str) -> Bytes {
     Bytes::from(format!(": {text}\n\n"))
 }

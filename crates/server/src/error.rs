@@ -1,9 +1,12 @@
 //! The one error type of the HTTP layer: each case knows its status and its
 //! stable `code`; internals are logged, never sent.
 
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use herald_core::StoreError;
+
+use crate::answer::Whole;
 
 /// An error answered as `{"error":{"code","message"}}`.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +111,14 @@ impl From<herald_core::task::TaskError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.whole().into_response()
+    }
+}
+
+impl ApiError {
+    /// The answer: `{"error":{"code","message"}}` with the status. Logs
+    /// what a server error was about; internals never reach the client.
+    pub fn whole(self) -> Whole {
         let status = self.status();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Expected while a store is down: one line per refusal, no alarm.
@@ -120,6 +131,15 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let body = serde_json::json!({ "error": { "code": self.code(), "message": message } });
-        (status, axum::Json(body)).into_response()
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Whole {
+            status,
+            headers,
+            body: Bytes::from(body.to_string()),
+        }
     }
 }

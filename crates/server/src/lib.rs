@@ -4,17 +4,22 @@
 use axum::Router;
 use axum::routing::{get, post};
 
-mod articles;
+mod answer;
+mod api_queue;
 mod body;
+mod counter;
 pub mod direct;
 pub mod error;
+pub mod http1;
 mod listener;
 pub mod negotiate;
+mod notifications;
 mod ops;
 mod publish;
 pub mod query;
+pub mod request;
 pub mod state;
-mod subscribe;
+pub mod subscribe;
 mod task_stream;
 mod tasks;
 pub mod transport;
@@ -29,15 +34,15 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(ops::dashboard))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
-        .route("/topics/{topic}", get(subscribe::one).post(publish::one))
-        .route("/subscribe", get(subscribe::many))
+        .route("/topics/{topic}", get(subscribe::handle).post(publish::one))
+        .route("/subscribe", get(subscribe::handle))
         .route("/publish", post(publish::batch))
         .route(
             "/api/notifications",
-            get(articles::follow).post(articles::notify),
+            get(notifications::follow).post(notifications::notify),
         )
-        .route("/sse", get(articles::counter))
-        .route("/api/queue", get(articles::poll).post(articles::enqueue))
+        .route("/sse", get(counter::counter))
+        .route("/api/queue", get(api_queue::poll).post(api_queue::enqueue))
         .route("/queues/{queue}/tasks", post(tasks::enqueue))
         .route("/queues/{queue}/claim", post(tasks::claim))
         .route("/tasks/{id}", get(tasks::get).delete(tasks::cancel))

@@ -4,16 +4,20 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
 
-use crate::direct::{self, Outcome, socket::Rewind};
+use crate::direct::{self, Direct, Outcome, socket::Rewind};
+use crate::request::Peer;
 use crate::state::AppState;
 
 /// How long shutdown waits for WebSocket tasks to say goodbye.
@@ -29,6 +33,7 @@ pub async fn serve(
 ) -> io::Result<()> {
     let token = state.shutdown().clone();
     let router = crate::app(state.clone());
+    let direct = Direct::new(state.clone());
     // Every connection holds a watcher from accept to close, so shutdown
     // below waits for direct-path connections as well as hyper's.
     let graceful = GracefulShutdown::new();
@@ -40,9 +45,9 @@ pub async fn serve(
     };
     tokio::pin!(stop);
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_failed(e).await;
                     continue;
@@ -51,9 +56,10 @@ pub async fn serve(
             () = &mut stop => break,
         };
         tokio::spawn(connection(
-            state.clone(),
+            direct.clone(),
             router.clone(),
             tcp,
+            peer,
             graceful.watcher(),
         ));
     }
@@ -72,29 +78,40 @@ pub async fn serve(
 }
 
 /// One connection, from accept to close.
-async fn connection(state: AppState, router: Router, tcp: TcpStream, watcher: Watcher) {
+async fn connection(
+    direct: Direct,
+    router: Router,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    watcher: Watcher,
+) {
     // Nagle's algorithm would hold a small event back until the client
     // acknowledges the previous one (up to 40 ms with delayed ACKs): push
     // servers write small frames and want each out at once.
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
-    match direct::serve(&state, tcp).await {
+    match direct::serve(&direct, tcp, Some(peer)).await {
         Outcome::Closed => drop(watcher),
         // Boxed: hyper's connection state is large, and an idle subscriber
         // on the direct path should not carry room for it.
-        Outcome::Handover(io) => Box::pin(hyper_connection(router, io, watcher)).await,
+        Outcome::Handover(io) => Box::pin(hyper_connection(router, io, peer, watcher)).await,
     }
 }
 
 /// Serves the rest of a connection with hyper (HTTP/1 or HTTP/2, upgrades
-/// allowed), ending it gracefully on shutdown.
-async fn hyper_connection(router: Router, io: Rewind, watcher: Watcher) {
+/// allowed), ending it gracefully on shutdown. Every request carries the
+/// client's address ([`Peer`]), as the direct path's do.
+async fn hyper_connection(router: Router, io: Rewind, peer: SocketAddr, watcher: Watcher) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // HTTP/2 WebSockets (RFC 8441) need the extended CONNECT protocol.
     builder.http2().enable_connect_protocol();
+    let service = router.map_request(move |mut request: Request<_>| {
+        request.extensions_mut().insert(Peer(peer));
+        request
+    });
     let conn =
-        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(router));
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
     if let Err(e) = watcher.watch(conn).await {
         tracing::trace!(error = %e, "connection ended with an error");
     }

@@ -11,10 +11,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::direct::live::Streams;
-use crate::direct::lot::Lots;
-use crate::direct::park::Polls;
-
 /// Settings of the HTTP layer, validated by the binary before start-up.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -55,10 +51,6 @@ struct Inner {
     sockets: TaskTracker,
     /// The `retry:` line and comment every SSE stream opens with, encoded once.
     sse_preamble: Bytes,
-    /// Where the direct path's long polls wait, per topic.
-    poll_lots: Arc<Lots<Polls>>,
-    /// Where the direct path's caught-up SSE streams are written from.
-    stream_lots: Arc<Lots<Streams>>,
 }
 
 impl AppState {
@@ -76,8 +68,6 @@ impl AppState {
                 metrics,
                 shutdown,
                 sockets: TaskTracker::new(),
-                poll_lots: Arc::default(),
-                stream_lots: Arc::default(),
             }),
         }
     }
@@ -105,14 +95,6 @@ impl AppState {
     /// Tracks WebSocket tasks, which the HTTP server does not wait for.
     pub fn sockets(&self) -> &TaskTracker {
         &self.inner.sockets
-    }
-
-    pub fn poll_lots(&self) -> &Arc<Lots<Polls>> {
-        &self.inner.poll_lots
-    }
-
-    pub fn stream_lots(&self) -> &Arc<Lots<Streams>> {
-        &self.inner.stream_lots
     }
 
     pub fn sse_preamble(&self) -> Bytes {

@@ -1,30 +1,24 @@
 //! `GET /tasks/{id}/events`: a task's `wait`, `progress`, `done` / `error`
 //! over SSE, WebSocket or an NDJSON stream, ending after the final event.
 
-use std::convert::Infallible;
-
-use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{FromRequestParts, Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::stream::unfold;
 use herald_core::CursorInput;
 use herald_core::task::TaskId;
 use herald_core::task::feed::{Feed, FeedError, FeedItem};
-use herald_protocol::{json, ndjson, sse};
+use herald_protocol::{ndjson, sse};
 
 use crate::error::ApiError;
 use crate::negotiate::{Transport, negotiate};
 use crate::query::Query;
 use crate::state::AppState;
-use crate::subscribe::cursor;
+use crate::subscribe::decide::cursor;
 use crate::tasks::task_id;
-use crate::transport::sse::headers as sse_headers;
-use crate::transport::ws;
-use crate::transport::{SubscriptionGauge, gap_data};
+use crate::transport::{Fill, Signal, SubscriptionGauge, streaming_body, ws};
 
 /// How a `wait` event writes the queue position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,84 +83,90 @@ pub async fn events(
     })
 }
 
-/// One item as the JSON frame of WebSocket and NDJSON.
-fn json_frame(feed: &Feed, item: &FeedItem, wait: WaitData) -> Option<Bytes> {
+/// A feed's `wait` or `gap` item as a signal (no id), handed to `with`.
+fn with_signal<T>(
+    feed: &Feed,
+    item: &FeedItem,
+    wait: WaitData,
+    with: impl FnOnce(Signal<'_>) -> T,
+) -> Option<T> {
+    let topic = feed.id().topic();
+    let data = match item {
+        FeedItem::Wait(p) => wait.render(*p),
+        FeedItem::Gap { cursor } => Signal::gap_data(topic.as_str(), cursor),
+        FeedItem::Event(_) | FeedItem::KeepAlive | FeedItem::End => return None,
+    };
+    let kind = if matches!(item, FeedItem::Wait(_)) {
+        "wait"
+    } else {
+        "gap"
+    };
+    Some(with(Signal {
+        topic: topic.as_str(),
+        kind,
+        data: &data,
+    }))
+}
+
+/// One item as the JSON frame of WebSocket (no newline).
+fn json_frame(feed: &Feed, item: &FeedItem) -> Option<Bytes> {
     match item {
         FeedItem::Event(e) => Some(e.json()),
-        FeedItem::Wait(p) => {
-            let topic = feed.id().topic();
-            Some(Bytes::from(json::encode_event(
-                None,
-                topic.as_str(),
-                "wait",
-                &wait.render(*p),
-                None,
-            )))
-        }
-        FeedItem::Gap { cursor } => {
-            let topic = feed.id().topic();
-            let data = gap_data(topic.as_str(), cursor);
-            Some(Bytes::from(json::encode_event(
-                None,
-                topic.as_str(),
-                "gap",
-                &data,
-                None,
-            )))
-        }
-        FeedItem::KeepAlive | FeedItem::End => None,
+        other => with_signal(feed, other, WaitData::Object, |s| Bytes::from(s.json())),
     }
 }
 
-/// Streams a task feed through `encode` as a response body; the feed and
-/// the gauge live in the body and go with it.
-fn body<F>(feed: Feed, transport: Transport, first: Option<Bytes>, encode: F) -> Body
+/// A task's feed as a response body: `first`, then each item through
+/// `encode`; the feed and the gauge live in the body and go with it.
+struct FeedBody<F> {
+    feed: Feed,
+    first: Option<Bytes>,
+    encode: F,
+    _gauge: SubscriptionGauge,
+}
+
+impl<F> Fill for FeedBody<F>
 where
     F: FnMut(&Feed, &FeedItem) -> Option<Bytes> + Send + 'static,
 {
-    struct State<F> {
-        feed: Feed,
-        first: Option<Bytes>,
-        encode: F,
-        _gauge: SubscriptionGauge,
+    async fn next_bytes(&mut self) -> Option<Bytes> {
+        if let Some(bytes) = self.first.take() {
+            return Some(bytes);
+        }
+        loop {
+            let item = self.feed.next().await;
+            if let FeedItem::End = item {
+                return None;
+            }
+            if let Some(bytes) = (self.encode)(&self.feed, &item) {
+                return Some(bytes);
+            }
+        }
     }
-    let state = State {
+}
+
+fn body<F>(feed: Feed, transport: Transport, first: Option<Bytes>, encode: F) -> Response
+where
+    F: FnMut(&Feed, &FeedItem) -> Option<Bytes> + Send + 'static,
+{
+    streaming_body(FeedBody {
         feed,
         first,
         encode,
         _gauge: SubscriptionGauge::open(transport),
-    };
-    Body::from_stream(unfold(state, |mut s| async move {
-        if let Some(bytes) = s.first.take() {
-            return Some((Ok::<_, Infallible>(bytes), s));
-        }
-        loop {
-            let item = s.feed.next().await;
-            if let FeedItem::End = item {
-                return None;
-            }
-            if let Some(bytes) = (s.encode)(&s.feed, &item) {
-                return Some((Ok(bytes), s));
-            }
-        }
-    }))
+    })
+    .into_response()
 }
 
 /// The SSE form: stored events as they were encoded, `wait` without an id.
 pub fn sse_response(state: &AppState, feed: Feed, wait: WaitData) -> Response {
     let encode = move |feed: &Feed, item: &FeedItem| match item {
         FeedItem::Event(e) => Some(e.sse().full()),
-        FeedItem::Wait(p) => Some(sse::encode_event(None, "wait", &wait.render(*p)).full()),
-        FeedItem::Gap { cursor } => {
-            let data = gap_data(feed.id().topic().as_str(), cursor);
-            Some(sse::encode_event(None, "gap", &data).full())
-        }
-        FeedItem::KeepAlive => Some(Bytes::from_static(b": keep-alive\n\n")),
-        FeedItem::End => None,
+        FeedItem::KeepAlive => Some(Bytes::from_static(sse::KEEP_ALIVE)),
+        other => with_signal(feed, other, wait, |s| s.sse()),
     };
-    let mut response =
-        body(feed, Transport::Sse, Some(state.sse_preamble()), encode).into_response();
-    sse_headers(&mut response);
+    let mut response = body(feed, Transport::Sse, Some(state.sse_preamble()), encode);
+    crate::transport::sse::set_headers(response.headers_mut());
     response
 }
 
@@ -174,19 +174,10 @@ fn ndjson_response(feed: Feed) -> Response {
     let encode = |feed: &Feed, item: &FeedItem| match item {
         FeedItem::Event(e) => Some(e.json_line().clone()),
         FeedItem::KeepAlive => Some(Bytes::from_static(ndjson::KEEP_ALIVE)),
-        other => json_frame(feed, other, WaitData::Object).map(|b| {
-            let mut line = b.to_vec();
-            line.push(b'\n');
-            Bytes::from(line)
-        }),
+        other => with_signal(feed, other, WaitData::Object, |s| s.ndjson()),
     };
-    let mut response = body(feed, Transport::Stream, None, encode).into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let mut response = body(feed, Transport::Stream, None, encode);
+    crate::transport::stream::set_headers(response.headers_mut());
     response
 }
 
@@ -210,9 +201,7 @@ async fn run_socket(mut socket: WebSocket, mut feed: Feed) {
                 return;
             }
             FeedItem::KeepAlive => Message::Ping(Bytes::new()),
-            other => match json_frame(&feed, other, WaitData::Object)
-                .and_then(|b| Utf8Bytes::try_from(b).ok())
-            {
+            other => match json_frame(&feed, other).and_then(|b| Utf8Bytes::try_from(b).ok()) {
                 Some(text) => Message::Text(text),
                 None => continue,
             },

@@ -1,7 +1,7 @@
-//! Live streams: a direct-path SSE stream of one topic that has caught up
-//! hands its socket to the topic's lot ([`super::lot`]), and the lot's task
-//! writes each event — encoded once, one shared chunk — to every such
-//! stream's socket back to back.
+//! Live streams: a direct-path stream (SSE or NDJSON) of one topic that
+//! has caught up hands its socket to the topic's lot ([`super::lot`]), and
+//! the lot's task writes each event — encoded once by the stream's
+//! encoder, one shared chunk — to every such stream's socket back to back.
 //!
 //! Meanwhile the stream's own task keeps time (keep-alives, the stream's
 //! age, shutdown) and notices the client leaving. It takes the stream back
@@ -11,34 +11,34 @@
 //! in a lot holds no place in the ring of its own.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{self, IoSlice};
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use herald_core::subscription::Next;
-use herald_core::{Event, EventId, Subscription};
+use herald_core::{Event, EventId, Store};
 use metrics::Counter;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::lot::{Kind, Lot, Lots, Member, lock};
-use super::socket;
-use crate::state::AppState;
-use crate::transport::sse::KEEP_ALIVE;
+use crate::http1::chunk;
+use crate::http1::write::write_now;
+use crate::transport::{Encode, Outbox};
 
-/// The kind of lot caught-up streams wait in.
+/// The kind of lot caught-up streams encoded by `E` wait in: every stream
+/// in it gets the same bytes for an event, [`Encode::shared`] of `E`'s
+/// default (streams with another encoder stay out).
 #[derive(Debug)]
-pub struct Streams;
+pub struct Streams<E>(PhantomData<fn() -> E>);
 
-impl Kind for Streams {
+impl<E: Encode + Default> Kind for Streams<E> {
     type Waiter = Live;
 
-    fn lots(state: &AppState) -> &Arc<Lots<Streams>> {
-        state.stream_lots()
-    }
-
-    async fn serve(lot: &Lot<Streams>, events: &[Arc<Event>], delivered: &Counter) {
-        write_all_streams(lot, events, delivered).await;
+    async fn serve(lot: &Lot<Self>, events: &[Arc<Event>], delivered: &Counter) {
+        let encoder = E::default();
+        let plain: Vec<Bytes> = events.iter().map(|e| encoder.shared(e)).collect();
+        write_all_streams(lot, events, &plain, delivered).await;
     }
 
     fn lost(waiters: BTreeMap<u64, Arc<Live>>) {
@@ -56,6 +56,8 @@ impl Kind for Streams {
 pub struct Live {
     /// HTTP/1.1 (chunked) rather than HTTP/1.0 (ends with the close).
     chunked: bool,
+    /// The stream's keep-alive, framed.
+    keep_alive: Bytes,
     /// Locked by whoever writes to the socket: the lot's task (events) or
     /// the stream's task (a keep-alive, or taking the stream back).
     slot: Mutex<Slot>,
@@ -91,29 +93,35 @@ pub enum Held {
 }
 
 /// Puts a caught-up stream of one topic in its topic's lot and keeps time
-/// until the stream is taken back. `sub` is released while in the lot and
-/// resumed at the lot's position afterwards.
-pub async fn hold(
-    state: &AppState,
+/// until the stream is taken back. Its subscription is released while in
+/// the lot and resumed at the lot's position afterwards.
+pub async fn hold<E: Encode + Default + PartialEq>(
+    lots: &Arc<Lots<Streams<E>>>,
+    store: &Arc<dyn Store>,
     tcp: &Arc<TcpStream>,
-    sub: &mut Subscription,
+    outbox: &mut Outbox<E>,
     chunked: bool,
     buf: &mut BytesMut,
 ) -> Held {
+    if *outbox.encoder() != E::default() {
+        return Held::NotNow;
+    }
+    let idle = framed(chunked, outbox.encoder().keep_alive());
+    let sub = outbox.subscription();
     // Whatever already waits is delivered first; joining is pointless
     // until then.
-    sub.take_waiting();
-    let Some(topic) = sub.releasable_topic().cloned() else {
+    let Some(topic) = sub.releasable() else {
         return Held::NotNow;
     };
     // Joined before the subscription lets go of its own place in the ring:
     // see `lot`.
-    let member = Lots::<Streams>::join(state, &topic);
+    let member = lots.join(store, &topic);
     let Some(pos) = sub.release() else {
         return Held::NotNow;
     };
     let live = Arc::new(Live {
         chunked,
+        keep_alive: idle,
         slot: Mutex::new(Slot {
             tcp: Some(Arc::clone(tcp)),
             pos,
@@ -151,13 +159,13 @@ pub async fn hold(
 /// A stream in a lot, as its own task holds it. Leaving (or being dropped)
 /// takes the socket back from the lot, so the lot never writes to a stream
 /// nobody manages.
-struct Entered {
+struct Entered<E: Encode + Default> {
     live: Arc<Live>,
-    member: Member<Streams>,
+    member: Member<Streams<E>>,
     key: u64,
 }
 
-impl Entered {
+impl<E: Encode + Default> Entered<E> {
     /// Takes the stream out of the lot: its position, the bytes the lot
     /// could not write, and whether a write failed.
     fn leave(&self) -> (EventId, VecDeque<Bytes>, bool) {
@@ -171,7 +179,7 @@ impl Entered {
     }
 }
 
-impl Drop for Entered {
+impl<E: Encode + Default> Drop for Entered<E> {
     fn drop(&mut self) {
         self.leave();
     }
@@ -194,8 +202,8 @@ fn keep_alive(live: &Live) -> bool {
     let Some(tcp) = slot.tcp.clone() else {
         return false;
     };
-    let mut parts = VecDeque::from([frame(live.chunked, Bytes::from_static(KEEP_ALIVE))]);
-    if write_now(&tcp, &mut parts, &mut slot) {
+    let mut parts = VecDeque::from([live.keep_alive.clone()]);
+    if write_or_keep(&tcp, &mut parts, &mut slot) {
         return true;
     }
     slot.tcp = None;
@@ -204,44 +212,29 @@ fn keep_alive(live: &Live) -> bool {
 
 /// `bytes` as the stream frames them: one chunk on HTTP/1.1, as they are
 /// on HTTP/1.0.
-fn frame(chunked: bool, bytes: Bytes) -> Bytes {
-    if !chunked {
-        return bytes;
+fn framed(chunked: bool, bytes: Bytes) -> Bytes {
+    if chunked {
+        chunk::framed(&bytes)
+    } else {
+        bytes
     }
-    let mut out = BytesMut::with_capacity(bytes.len() + 12);
-    out.extend_from_slice(format!("{:x}\r\n", bytes.len()).as_bytes());
-    out.extend_from_slice(&bytes);
-    out.extend_from_slice(b"\r\n");
-    out.freeze()
 }
 
 /// Writes `parts` without waiting; says whether all went out. Otherwise
 /// what is left (or the failure) is put in `slot` for the stream's task.
-fn write_now(tcp: &TcpStream, parts: &mut VecDeque<Bytes>, slot: &mut Slot) -> bool {
-    while !parts.is_empty() {
-        let written = {
-            let mut slices = [IoSlice::new(&[]); socket::MAX_SLICES];
-            let count = slices.len().min(parts.len());
-            for (slice, part) in slices.iter_mut().zip(parts.iter()) {
-                *slice = IoSlice::new(part);
-            }
-            tcp.try_write_vectored(&slices[..count])
-        };
-        match written {
-            Ok(n) if n > 0 => socket::consume(parts, n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Ok(_) | Err(_) => {
-                slot.failed = true;
-                parts.clear();
-                return false;
-            }
+fn write_or_keep(mut tcp: &TcpStream, parts: &mut VecDeque<Bytes>, slot: &mut Slot) -> bool {
+    match write_now(&mut tcp, parts) {
+        Ok(true) => true,
+        Ok(false) => {
+            slot.rest.extend(parts.drain(..));
+            false
+        }
+        Err(_) => {
+            slot.failed = true;
+            parts.clear();
+            false
         }
     }
-    if parts.is_empty() {
-        return true;
-    }
-    slot.rest.extend(parts.drain(..));
-    false
 }
 
 /// Writes the events after each stream's position to its socket, one
@@ -251,7 +244,12 @@ fn write_now(tcp: &TcpStream, parts: &mut VecDeque<Bytes>, slot: &mut Slot) -> b
 /// so under load the runtime gets to take publishes in the middle of it:
 /// they wait for the next pass, which then carries them all to each stream
 /// in one write.
-async fn write_all_streams(lot: &Lot<Streams>, events: &[Arc<Event>], delivered: &Counter) {
+async fn write_all_streams<K: Kind<Waiter = Live>>(
+    lot: &Lot<K>,
+    events: &[Arc<Event>],
+    plain: &[Bytes],
+    delivered: &Counter,
+) {
     let Some(newest) = events.last().map(|e| e.id) else {
         return;
     };
@@ -264,7 +262,6 @@ async fn write_all_streams(lot: &Lot<Streams>, events: &[Arc<Event>], delivered:
             .collect()
     };
     // Each event encoded once per framing, shared by every stream.
-    let plain: Vec<Bytes> = events.iter().map(|e| e.sse().full()).collect();
     let mut chunked: Option<Vec<Bytes>> = None;
     let mut parts = VecDeque::new();
     let mut given_back = Vec::new();
@@ -279,15 +276,14 @@ async fn write_all_streams(lot: &Lot<Streams>, events: &[Arc<Event>], delivered:
                 continue;
             }
             let encoded = if live.chunked {
-                chunked
-                    .get_or_insert_with(|| plain.iter().map(|b| frame(true, b.clone())).collect())
+                chunked.get_or_insert_with(|| plain.iter().map(|b| chunk::framed(b)).collect())
             } else {
-                &plain
+                plain
             };
             parts.extend(encoded[from..].iter().cloned());
             delivered.increment((events.len() - from) as u64);
             slot.pos = newest;
-            let all_written = write_now(&tcp, &mut parts, &mut slot);
+            let all_written = write_or_keep(&tcp, &mut parts, &mut slot);
             drop(tcp);
             if !all_written {
                 // The socket is the stream's alone again before it hears.

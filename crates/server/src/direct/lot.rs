@@ -20,11 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures_util::{FutureExt, StreamExt};
 use herald_core::fanout::Watch;
-use herald_core::{Event, EventId, Topic};
+use herald_core::{Event, EventId, Store, Topic};
 use metrics::Counter;
 use tokio::sync::Notify;
-
-use crate::state::AppState;
 
 /// Most events a lot's task takes from the ring before it serves them.
 const MAX_BATCH: usize = 1024;
@@ -33,9 +31,6 @@ const MAX_BATCH: usize = 1024;
 pub trait Kind: Sized + Send + Sync + 'static {
     /// What the lot keeps of one client.
     type Waiter: std::fmt::Debug + Send + Sync + 'static;
-
-    /// The lots of this kind, from the server's state.
-    fn lots(state: &AppState) -> &Arc<Lots<Self>>;
 
     /// Serves `events` (in id order, all newer than anything served
     /// before) to the clients in `lot`; the lot has noted them as seen.
@@ -104,9 +99,10 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl<K: Kind> Lots<K> {
     /// Joins the lot of `topic`, opening it (and its task, watching the
-    /// topic from now on) if there is none. Read the store only after this.
-    pub fn join(state: &AppState, topic: &Topic) -> Member<K> {
-        let lots = K::lots(state);
+    /// topic in `store` from now on) if there is none. Read the store only
+    /// after this.
+    pub fn join(self: &Arc<Self>, store: &Arc<dyn Store>, topic: &Topic) -> Member<K> {
+        let lots = self;
         let mut map = lock(&lots.lots);
         let lot = match map.get(topic) {
             Some(lot) => Arc::clone(lot),
@@ -123,7 +119,7 @@ impl<K: Kind> Lots<K> {
                     idle: Notify::new(),
                 });
                 map.insert(topic.clone(), Arc::clone(&lot));
-                let watch = state.hub().store().watch(topic);
+                let watch = store.watch(topic);
                 tokio::spawn(run(Arc::clone(lots), Arc::clone(&lot), watch));
                 lot
             }
@@ -293,10 +289,6 @@ mod tests {
 
     impl Kind for Record {
         type Waiter = mpsc::UnboundedSender<Vec<EventId>>;
-
-        fn lots(_: &AppState) -> &Arc<Lots<Record>> {
-            panic!("the test builds its lot by hand")
-        }
 
         async fn serve(lot: &Lot<Record>, events: &[Arc<Event>], _: &Counter) {
             let ids: Vec<EventId> = events.iter().map(|e| e.id).collect();

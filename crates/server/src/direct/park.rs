@@ -1,25 +1,30 @@
 //! Parked long polls: a direct-path long poll of one topic that finds
 //! nothing waits in the topic's lot ([`super::lot`]); when events arrive,
 //! the lot's task encodes the answer once per distinct (position, limit,
-//! HTTP version) — in practice once — and writes it to every parked
-//! socket back to back. Each poll's own task runs afterwards, to carry on
-//! with its connection.
+//! HTTP version, headers) — in practice once — and writes it to every
+//! parked socket back to back. Each poll's own task runs afterwards, to
+//! carry on with its connection.
+//!
+//! [`Parking`] is how such a poll waits in the hub's one long-poll loop
+//! ([`herald_core::long_poll`]): where the fan-out's watch would wake the
+//! poll to read again, the lot answers it.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{self, IoSlice};
 use std::sync::{Arc, Mutex};
 
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
-use herald_core::{Cursor, Event, EventId, PollAnswer, Topic};
+use herald_core::long_poll::{Waiter, Wake};
+use herald_core::{Cursor, Event, EventId, PollAnswer, Store, Topic};
 use metrics::Counter;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use super::head::{self, Framing};
 use super::lot::{Kind, Lot, Lots, Member, Refused, lock};
-use crate::state::AppState;
-use crate::transport::poll::answer_parts;
+use crate::http1::head::{self, Framing};
+use crate::http1::write::write_now;
+use crate::subscribe::Plan;
+use crate::transport::poll;
 
 /// The kind of lot parked long polls wait in.
 #[derive(Debug)]
@@ -27,10 +32,6 @@ pub struct Polls;
 
 impl Kind for Polls {
     type Waiter = Parked;
-
-    fn lots(state: &AppState) -> &Arc<Lots<Polls>> {
-        state.poll_lots()
-    }
 
     async fn serve(lot: &Lot<Polls>, events: &[Arc<Event>], delivered: &Counter) {
         // No yield inside: every parked poll is answered once, and the
@@ -58,6 +59,8 @@ pub struct Parked {
     /// Its first read found history missing: the answer says so.
     gap: bool,
     http10: bool,
+    /// Headers its answer carries besides the poll's own.
+    headers: HeaderMap,
     /// Taken by whoever answers the poll: the lot's task (an event) or the
     /// poll's own task (timeout, client gone, shutdown). Never both.
     claim: Mutex<Option<Claim>>,
@@ -82,43 +85,22 @@ pub enum Delivery {
     Reread,
 }
 
-/// Where and how a poll parks.
-#[derive(Debug, Clone, Copy)]
-pub struct Place {
-    /// The poll's position in the topic (what its read saw last).
-    pub after: EventId,
-    pub limit: usize,
-    /// Its read found history missing.
-    pub gap: bool,
-    pub http10: bool,
-}
-
 impl Parked {
     fn take_claim(&self) -> Option<Claim> {
         lock(&self.claim).take()
     }
 }
 
-/// Parks a poll at `at`: the lot's task writes its answer to `tcp` when an
-/// event after `at.after` arrives.
-pub fn park(member: &Member<Polls>, at: Place, tcp: &Arc<TcpStream>) -> Result<Ticket, Refused> {
-    let (done, answer) = oneshot::channel();
-    let parked = Arc::new(Parked {
-        after: at.after,
-        limit: at.limit,
-        gap: at.gap,
-        http10: at.http10,
-        claim: Mutex::new(Some(Claim {
-            tcp: Arc::clone(tcp),
-            done,
-        })),
-    });
-    let key = member.enter(at.after, Arc::clone(&parked))?;
+/// Parks a poll: the lot's task writes its answer to the poll's socket
+/// when an event after `parked.after` arrives.
+fn park(member: &Member<Polls>, parked: Parked) -> Result<Ticket, Refused> {
+    let after = parked.after;
+    let parked = Arc::new(parked);
+    let key = member.enter(after, Arc::clone(&parked))?;
     Ok(Ticket {
         lot: Arc::clone(member.lot()),
         key,
         parked,
-        answer,
     })
 }
 
@@ -128,25 +110,9 @@ pub struct Ticket {
     lot: Arc<Lot<Polls>>,
     key: u64,
     parked: Arc<Parked>,
-    answer: oneshot::Receiver<Delivery>,
 }
 
 impl Ticket {
-    /// Waits for the lot's task to deliver.
-    pub async fn delivered(&mut self) -> Delivery {
-        (&mut self.answer).await.unwrap_or(Delivery::Reread)
-    }
-
-    /// Takes the poll out of the lot so that its own task answers it:
-    /// `None` if that worked, or what the lot's task did if it had already
-    /// claimed the poll (it is writing, or has written, the answer).
-    pub async fn leave(mut self) -> Option<Delivery> {
-        if self.unpark() {
-            return None;
-        }
-        Some(self.delivered().await)
-    }
-
     /// Takes the poll out of the lot unless the lot's task claimed it
     /// first; says whether it did.
     fn unpark(&self) -> bool {
@@ -186,8 +152,8 @@ fn answer(lot: &Lot<Polls>, events: &[Arc<Event>], delivered: &Counter) {
     let date = super::date();
     // Parked polls almost all share one position, limit and version: one
     // encoding serves them all.
-    let mut encoded: Vec<(Shape, [Bytes; 2])> = Vec::new();
-    for p in due.into_values() {
+    let mut encoded: Vec<(Shape<'_>, [Bytes; 2])> = Vec::new();
+    for p in due.values() {
         let Some(claim) = p.take_claim() else {
             // Its own task took it first (timeout, gone, shutdown).
             continue;
@@ -197,11 +163,12 @@ fn answer(lot: &Lot<Polls>, events: &[Arc<Event>], delivered: &Counter) {
             limit: p.limit,
             gap: p.gap,
             http10: p.http10,
+            headers: &p.headers,
         };
         let bytes = match encoded.iter().find(|(s, _)| *s == shape) {
             Some((_, bytes)) => bytes.clone(),
             None => {
-                let bytes = encode(lot.topic(), events, shape, &date);
+                let bytes = encode(lot.topic(), events, &shape, &date);
                 encoded.push((shape, bytes.clone()));
                 bytes
             }
@@ -212,7 +179,7 @@ fn answer(lot: &Lot<Polls>, events: &[Arc<Event>], delivered: &Counter) {
             .take(shape.limit)
             .count();
         delivered.increment(count as u64);
-        let delivery = write_now(&claim.tcp, bytes);
+        let delivery = write_answer(&claim.tcp, bytes);
         drop(claim.tcp);
         let _ = claim.done.send(delivery);
     }
@@ -220,15 +187,16 @@ fn answer(lot: &Lot<Polls>, events: &[Arc<Event>], delivered: &Counter) {
 
 /// What makes two parked polls' answers the same bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Shape {
+struct Shape<'a> {
     after: EventId,
     limit: usize,
     gap: bool,
     http10: bool,
+    headers: &'a HeaderMap,
 }
 
 /// The whole `200` (head, body) for a poll of `shape`.
-fn encode(topic: &Topic, events: &[Arc<Event>], shape: Shape, date: &str) -> [Bytes; 2] {
+fn encode(topic: &Topic, events: &[Arc<Event>], shape: &Shape<'_>, date: &str) -> [Bytes; 2] {
     let mine: Vec<Arc<Event>> = events
         .iter()
         .filter(|e| e.id > shape.after)
@@ -243,29 +211,137 @@ fn encode(topic: &Topic, events: &[Arc<Event>], shape: Shape, date: &str) -> [By
             positions: vec![(topic.clone(), last)],
         },
     };
-    let (status, headers, body) = answer_parts(&answer);
-    debug_assert_eq!(status, StatusCode::OK);
+    let whole = poll::whole(&answer, shape.headers);
+    debug_assert_eq!(whole.status, StatusCode::OK);
     let head = head::response(
         shape.http10,
-        status,
-        &headers,
-        Framing::Length(body.len()),
+        whole.status,
+        &whole.headers,
+        Framing::Length(whole.body.len()),
         date,
     );
-    [Bytes::from(head), body]
+    [Bytes::from(head), whole.body]
 }
 
 /// Writes what the socket takes now, without waiting; the rest is left to
 /// the poll's own task.
-fn write_now(tcp: &TcpStream, [head, body]: [Bytes; 2]) -> Delivery {
-    let written = tcp.try_write_vectored(&[IoSlice::new(&head), IoSlice::new(&body)]);
-    let mut rest = VecDeque::from([head, body]);
-    match written {
-        Ok(n) => {
-            super::socket::consume(&mut rest, n);
-            Delivery::Written(rest)
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Delivery::Written(rest),
+fn write_answer(mut tcp: &TcpStream, answer: [Bytes; 2]) -> Delivery {
+    let mut rest = VecDeque::from(answer);
+    match write_now(&mut tcp, &mut rest) {
+        Ok(_) => Delivery::Written(rest),
         Err(_) => Delivery::Failed,
+    }
+}
+
+/// A long poll of one topic as it waits in its topic's lot: joined before
+/// the loop's first read, parked after each read that found nothing.
+pub struct Parking {
+    lots: Arc<Lots<Polls>>,
+    store: Arc<dyn Store>,
+    topic: Topic,
+    member: Member<Polls>,
+    tcp: Arc<TcpStream>,
+    http10: bool,
+    limit: usize,
+    headers: HeaderMap,
+    /// While parked: the ticket, and where the lot's task says what it did.
+    parked: Option<(Ticket, oneshot::Receiver<Delivery>)>,
+}
+
+/// The lot's write failed: the connection is lost.
+#[derive(Debug)]
+pub struct Lost;
+
+impl Parking {
+    /// Joins the lot of the plan's one topic.
+    pub fn join(
+        lots: &Arc<Lots<Polls>>,
+        store: &Arc<dyn Store>,
+        topic: &Topic,
+        tcp: &Arc<TcpStream>,
+        http10: bool,
+        plan: &Plan,
+    ) -> Parking {
+        Parking {
+            member: lots.join(store, topic),
+            lots: Arc::clone(lots),
+            store: Arc::clone(store),
+            topic: topic.clone(),
+            tcp: Arc::clone(tcp),
+            http10,
+            limit: plan.limit,
+            headers: plan.headers.clone(),
+            parked: None,
+        }
+    }
+
+    fn rejoin(&mut self) {
+        self.parked = None;
+        self.member = self.lots.join(&self.store, &self.topic);
+    }
+
+    fn answered(delivery: Delivery) -> Option<Result<VecDeque<Bytes>, Lost>> {
+        match delivery {
+            Delivery::Written(rest) => Some(Ok(rest)),
+            Delivery::Failed => Some(Err(Lost)),
+            Delivery::Reread => None,
+        }
+    }
+}
+
+impl Waiter for Parking {
+    /// The lot wrote the answer but for these bytes, or lost the socket.
+    type Answered = Result<VecDeque<Bytes>, Lost>;
+
+    async fn wait(&mut self, at: &Cursor, gap: bool) -> Wake<Self::Answered> {
+        if self.parked.is_none() {
+            let (done, answer) = oneshot::channel();
+            let parked = Parked {
+                after: at.get(&self.topic).unwrap_or(EventId::START),
+                limit: self.limit,
+                gap,
+                http10: self.http10,
+                headers: self.headers.clone(),
+                claim: Mutex::new(Some(Claim {
+                    tcp: Arc::clone(&self.tcp),
+                    done,
+                })),
+            };
+            match park(&self.member, parked) {
+                Ok(ticket) => self.parked = Some((ticket, answer)),
+                Err(Refused::Moved) => {
+                    // Read again, but let the store catch up with the ring
+                    // first.
+                    tokio::task::yield_now().await;
+                    return Wake::Again;
+                }
+                Err(Refused::Closed) => {
+                    self.rejoin();
+                    return Wake::Again;
+                }
+            }
+        }
+        let Some((_, answer)) = self.parked.as_mut() else {
+            return Wake::Again;
+        };
+        let delivery = answer.await.unwrap_or(Delivery::Reread);
+        match Self::answered(delivery) {
+            Some(a) => Wake::Answered(a),
+            None => {
+                self.rejoin();
+                Wake::Again
+            }
+        }
+    }
+
+    /// Takes the poll out of the lot so that its own task answers it,
+    /// unless the lot's task claimed it first (it is writing, or has
+    /// written, the answer).
+    async fn stop(&mut self) -> Option<Self::Answered> {
+        let (ticket, answer) = self.parked.take()?;
+        if ticket.unpark() {
+            return None;
+        }
+        Self::answered(answer.await.unwrap_or(Delivery::Reread))
     }
 }

@@ -1,5 +1,6 @@
 //! The socket as the direct path uses it: vectored writes of shared
-//! `Bytes`, reads that keep nothing allocated while the peer is quiet, and
+//! `Bytes` ([`crate::http1::write`] over the socket), reads that keep
+//! nothing allocated while the peer is quiet, and
 //! [`Rewind`], which gives hyper a connection along with the bytes already
 //! read from it.
 
@@ -12,52 +13,26 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Most buffers handed to one `writev`.
-pub const MAX_SLICES: usize = 64;
+use crate::http1::write::{TryWrite, write_now};
 
 /// Most bytes taken by one read.
 const READ_CHUNK: usize = 2048;
 
-/// Writes every buffer of `parts`, in order, with as few syscalls as the
-/// socket allows; `parts` is empty afterwards unless an error came first.
-pub async fn write_all(tcp: &TcpStream, parts: &mut VecDeque<Bytes>) -> io::Result<()> {
-    while !parts.is_empty() {
-        let written = {
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let mut count = 0;
-            for (slot, part) in slices.iter_mut().zip(parts.iter()) {
-                *slot = IoSlice::new(part);
-                count += 1;
-            }
-            tcp.try_write_vectored(&slices[..count])
-        };
-        match written {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => consume(parts, n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
-            Err(e) => return Err(e),
-        }
+/// A socket takes what it has room for now.
+impl TryWrite for &TcpStream {
+    fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        TcpStream::try_write_vectored(self, bufs)
     }
-    Ok(())
 }
 
-/// Drops the first `n` bytes of `parts`.
-pub fn consume(parts: &mut VecDeque<Bytes>, mut n: usize) {
-    while n > 0 {
-        let Some(front) = parts.front_mut() else {
-            return;
-        };
-        if front.len() <= n {
-            n -= front.len();
-            parts.pop_front();
-        } else {
-            front.advance(n);
-            n = 0;
-        }
+/// Writes every buffer of `parts`, in order, with as few syscalls as the
+/// socket allows, waiting for room; `parts` is empty afterwards unless an
+/// error came first.
+pub async fn write_all(mut tcp: &TcpStream, parts: &mut VecDeque<Bytes>) -> io::Result<()> {
+    while !write_now(&mut tcp, parts)? {
+        tcp.writable().await?;
     }
-    while parts.front().is_some_and(Bytes::is_empty) {
-        parts.pop_front();
-    }
+    Ok(())
 }
 
 /// Waits until the peer sends something, then appends what is there (up to
@@ -136,24 +111,5 @@ impl AsyncWrite for Rewind {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn consume_walks_across_buffers() {
-        let mut parts: VecDeque<Bytes> = [&b"abc"[..], b"", b"de", b"fgh"]
-            .into_iter()
-            .map(Bytes::from_static)
-            .collect();
-        consume(&mut parts, 4);
-        assert_eq!(parts, [&b"e"[..], b"fgh"]);
-        consume(&mut parts, 1);
-        assert_eq!(parts, [&b"fgh"[..]]);
-        consume(&mut parts, 3);
-        assert!(parts.is_empty());
     }
 }

@@ -1,20 +1,24 @@
-//! The five transports, one file each, and what the streaming ones share: a
-//! body that pulls from a [`Subscription`] and pushes already-encoded bytes.
+//! The five transports, one file each, and what the streaming ones share:
+//! an [`Outbox`] that pulls from a [`Subscription`] and holds the encoded
+//! bytes until a writer — hyper's body ([`streaming_body`]) or the direct
+//! path — takes them. Every byte of an event on the wire comes from the
+//! protocol crate's encoders, through an [`Encode`] here.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use futures_util::stream::unfold;
-use herald_core::Subscription;
 use herald_core::subscription::{EndReason, Next};
+use herald_core::{Event, Subscription};
+use herald_protocol::{json, ndjson};
 use metrics::{Counter, Gauge};
 
 use crate::negotiate::Transport;
 
-pub mod long_poll;
 pub mod poll;
 pub mod sse;
 pub mod stream;
@@ -73,6 +77,44 @@ impl StreamCounters {
 pub trait Encode: Send + 'static {
     /// Pushes the bytes for `next` (an event, gap or keep-alive) onto `out`.
     fn encode(&mut self, sub: &Subscription, next: &Next, out: &mut VecDeque<Bytes>);
+
+    /// The bytes of `event` for a caught-up subscriber of its topic alone,
+    /// the same for every such subscriber: what one writer serving many
+    /// streams at once (the direct path's lots) writes to each. `encode`
+    /// gives the same bytes for such a subscriber.
+    fn shared(&self, event: &Event) -> Bytes;
+
+    /// The keep-alive, as `encode` gives it.
+    fn keep_alive(&self) -> Bytes;
+}
+
+/// An event herald sends that is not stored and moves no cursor (no id):
+/// `gap` on every stream, `wait` on task streams.
+#[derive(Debug, Clone, Copy)]
+pub struct Signal<'a> {
+    pub topic: &'a str,
+    pub kind: &'a str,
+    pub data: &'a str,
+}
+
+impl Signal<'_> {
+    /// The `gap` signal's data for `cursor` (see `docs/design.md` § Gaps).
+    pub fn gap_data(topic: &str, cursor: &str) -> String {
+        json::gap_data(topic, cursor)
+    }
+
+    pub fn sse(&self) -> Bytes {
+        herald_protocol::sse::encode_event(None, self.kind, self.data).full()
+    }
+
+    /// The JSON object of WebSocket frames (no newline).
+    pub fn json(&self) -> String {
+        json::encode_event(None, self.topic, self.kind, self.data, None)
+    }
+
+    pub fn ndjson(&self) -> Bytes {
+        ndjson::line(&self.json())
+    }
 }
 
 /// What a stream has to send next: the subscription, its encoder and the
@@ -137,6 +179,10 @@ impl<E: Encode> Outbox<E> {
         &mut self.sub
     }
 
+    pub fn encoder(&self) -> &E {
+        &self.encoder
+    }
+
     /// Queues `next` as if the subscription had yielded it.
     pub fn push(&mut self, next: Next) {
         self.take(next);
@@ -194,14 +240,26 @@ impl<E: Encode> Outbox<E> {
     }
 }
 
-/// A response body that streams `outbox`. Everything the stream holds —
-/// the subscription, its watches, the gauge — is dropped when hyper drops
-/// the body, i.e. when the client goes away.
-pub fn streaming_body<E: Encode>(outbox: Outbox<E>) -> Body {
-    let body = unfold(outbox, |mut out| async move {
-        out.fill().await;
-        let bytes = out.drain_joined()?;
-        Some((Ok::<_, Infallible>(bytes), out))
+/// What a streaming response body pulls its bytes from.
+pub trait Fill: Send + 'static {
+    /// Waits for the next bytes to send; `None` once the stream is over.
+    fn next_bytes(&mut self) -> impl Future<Output = Option<Bytes>> + Send;
+}
+
+impl<E: Encode> Fill for Outbox<E> {
+    async fn next_bytes(&mut self) -> Option<Bytes> {
+        self.fill().await;
+        self.drain_joined()
+    }
+}
+
+/// A response body that streams `source` through hyper. Everything the
+/// stream holds — a subscription, its watches, the gauge — is dropped when
+/// hyper drops the body, i.e. when the client goes away.
+pub fn streaming_body<F: Fill>(source: F) -> Body {
+    let body = unfold(source, |mut source| async move {
+        let bytes = source.next_bytes().await?;
+        Some((Ok::<_, Infallible>(bytes), source))
     });
     Body::from_stream(body)
 }
@@ -215,9 +273,4 @@ const COALESCE_BYTES: usize = 64 * 1024;
 pub fn cursor_tail(sub: &Subscription, end: &str) -> Bytes {
     let cursor = herald_protocol::json::quote(&sub.cursor_text());
     Bytes::from(format!(",\"cursor\":{cursor}{end}"))
-}
-
-/// The data of a `gap` signal: the cursor given, and the topic it was for.
-pub fn gap_data(topic: &str, cursor: &str) -> String {
-    serde_json::json!({ "cursor": cursor, "topic": topic }).to_string()
 }

@@ -1,14 +1,13 @@
 //! Short poll: what is after the cursor right now — `200` with events, or
 //! `204` when there is nothing — and the answer shape long poll shares.
 
-use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::Response;
 use bytes::Bytes;
 use herald_core::{CursorInput, PollAnswer, Topic};
 use herald_protocol::json;
 
 use super::SubscriptionGauge;
+use crate::answer::Whole;
 use crate::error::ApiError;
 use crate::negotiate::Transport;
 use crate::query::Query;
@@ -25,34 +24,28 @@ pub fn limit(query: &Query) -> Result<usize, ApiError> {
     Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
-pub async fn respond(
-    state: &AppState,
-    topics: &[Topic],
-    cursor: &CursorInput,
-    query: &Query,
-) -> Result<Response, ApiError> {
-    let limit = limit(query)?;
+/// A short poll's answer: what is after `cursor` now.
+pub async fn page(state: &AppState, topics: &[Topic], cursor: &CursorInput, limit: usize) -> Whole {
     let _gauge = SubscriptionGauge::open(Transport::Poll);
-    let answer = state.hub().poll(topics, cursor, limit).await?;
-    Ok(to_response(&answer))
+    match state.hub().poll(topics, cursor, limit).await {
+        Ok(answer) => self::answer(&answer, &HeaderMap::new()),
+        Err(e) => ApiError::from(e).whole(),
+    }
 }
 
-/// `200 {"events":[…],"next":CURSOR,"gap":bool}`, or `204` with the cursor in
-/// `Herald-Cursor` (and `Herald-Gap: true` if history was missed).
-pub fn to_response(answer: &PollAnswer) -> Response {
+/// [`whole`], counting the events as delivered.
+pub fn answer(answer: &PollAnswer, extra: &HeaderMap) -> Whole {
     if !answer.events.is_empty() {
         metrics::counter!("herald_events_delivered_total").increment(answer.events.len() as u64);
     }
-    let (status, headers, body) = answer_parts(answer);
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    response
+    whole(answer, extra)
 }
 
-/// The status, headers and body of [`to_response`]'s answer, counting
-/// nothing: the parked long polls write one encoding to many sockets.
-pub fn answer_parts(answer: &PollAnswer) -> (StatusCode, HeaderMap, Bytes) {
+/// `200 {"events":[…],"next":CURSOR,"gap":bool}`, or `204` with the cursor in
+/// `Herald-Cursor` (and `Herald-Gap: true` if history was missed); then the
+/// `extra` headers. Counts nothing: the direct path's parked long polls
+/// write one encoding to many sockets.
+pub fn whole(answer: &PollAnswer, extra: &HeaderMap) -> Whole {
     let next = answer.next.to_string();
     let mut headers = HeaderMap::new();
     let (status, body) = if answer.events.is_empty() {
@@ -87,5 +80,10 @@ pub fn answer_parts(answer: &PollAnswer) -> (StatusCode, HeaderMap, Bytes) {
         headers.insert("herald-cursor", cursor);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    (status, headers, body)
+    headers.extend(extra.clone());
+    Whole {
+        status,
+        headers,
+        body,
+    }
 }

@@ -2,22 +2,19 @@
 
 use std::collections::VecDeque;
 
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use bytes::Bytes;
-use herald_core::Subscription;
 use herald_core::subscription::Next;
+use herald_core::{Event, Subscription};
 use herald_protocol::sse;
 
-use super::{Encode, Outbox, gap_data, streaming_body};
+use super::{Encode, Outbox, Signal};
+use crate::answer::Whole;
 use crate::negotiate::Transport;
 use crate::state::AppState;
 
-/// The keep-alive comment, sent every keep-alive interval.
-pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
-
 /// How events are laid out on an SSE stream.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SseEncoder {
     /// A comment line written inside every event, after its `event:` line
     /// (the notification route of the seed article has one).
@@ -38,25 +35,36 @@ impl Encode for SseEncoder {
                     out.push_back(comment.clone());
                     out.push_back(encoded.data());
                 } else {
-                    out.push_back(encoded.full());
+                    out.push_back(self.shared(e));
                 }
             }
             Next::Gap { topic, cursor } => {
-                let gap = sse::encode_event(None, "gap", &gap_data(topic.as_str(), cursor));
-                out.push_back(gap.full());
+                let data = Signal::gap_data(topic.as_str(), cursor);
+                out.push_back(gap(topic.as_str(), &data).sse());
             }
-            Next::KeepAlive => out.push_back(Bytes::from_static(KEEP_ALIVE)),
+            Next::KeepAlive => out.push_back(self.keep_alive()),
             Next::End(_) => {}
         }
+    }
+
+    fn shared(&self, event: &Event) -> Bytes {
+        event.sse().full()
+    }
+
+    fn keep_alive(&self) -> Bytes {
+        Bytes::from_static(sse::KEEP_ALIVE)
+    }
+}
+
+fn gap<'a>(topic: &'a str, data: &'a str) -> Signal<'a> {
+    Signal {
+        topic,
+        kind: "gap",
+        data,
     }
 }
 
 /// The response headers SPEC requires of every event stream.
-pub fn headers(response: &mut Response) {
-    set_headers(response.headers_mut());
-}
-
-/// [`headers`] on a bare header map (the direct path writes its own heads).
 pub fn set_headers(h: &mut HeaderMap) {
     h.insert(
         header::CONTENT_TYPE,
@@ -70,17 +78,14 @@ pub fn set_headers(h: &mut HeaderMap) {
 /// `retry:` preamble, and the end of the stream. A browser's EventSource
 /// gives up for good on an error status, but reconnects after this — by
 /// when the store may be back.
-pub fn retry_later(state: &AppState) -> Response {
-    let mut response = axum::body::Body::from(state.sse_preamble()).into_response();
-    headers(&mut response);
-    response
-}
-
-/// Answers with an SSE stream of `sub`.
-pub fn respond(state: &AppState, sub: Subscription, encoder: SseEncoder) -> Response {
-    let mut response = streaming_body(outbox(state, sub, encoder)).into_response();
-    headers(&mut response);
-    response
+pub fn retry_later(state: &AppState) -> Whole {
+    let mut headers = HeaderMap::new();
+    set_headers(&mut headers);
+    Whole {
+        status: StatusCode::OK,
+        headers,
+        body: state.sse_preamble(),
+    }
 }
 
 /// The stream of `sub`, ready to be written. A stream over several topics
@@ -91,7 +96,7 @@ pub fn outbox(state: &AppState, sub: Subscription, encoder: SseEncoder) -> Outbo
         let mut first = state.sse_preamble().to_vec();
         first.extend_from_slice(&sse::encode_id_line(&sub.cursor_text()));
         first.push(b'\n');
-        bytes::Bytes::from(first)
+        Bytes::from(first)
     } else {
         state.sse_preamble()
     };

@@ -1,20 +1,20 @@
-//! HTTP streaming: one JSON event per line (NDJSON). hyper frames it with
-//! chunked encoding on HTTP/1.1 and delimits it by closing the connection
-//! on HTTP/1.0, which has no chunked encoding.
+//! HTTP streaming: one JSON event per line (NDJSON), chunked on HTTP/1.1
+//! and delimited by the connection's close on HTTP/1.0, which has no
+//! chunked encoding.
 
 use std::collections::VecDeque;
 
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use herald_core::Subscription;
 use herald_core::subscription::Next;
-use herald_protocol::{json, ndjson};
+use herald_core::{Event, Subscription};
+use herald_protocol::ndjson;
 
-use super::{Encode, Outbox, gap_data, streaming_body};
+use super::{Encode, Outbox, Signal};
 use crate::negotiate::Transport;
 
 /// One JSON object per line.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct NdjsonEncoder;
 
 impl Encode for NdjsonEncoder {
@@ -26,28 +26,28 @@ impl Encode for NdjsonEncoder {
                 out.push_back(json.slice(..json.len().saturating_sub(1)));
                 out.push_back(super::cursor_tail(sub, "}\n"));
             }
-            Next::Event(e) => out.push_back(e.json_line().clone()),
+            Next::Event(e) => out.push_back(self.shared(e)),
             Next::Gap { topic, cursor } => {
-                let data = gap_data(topic.as_str(), cursor);
-                out.push_back(ndjson::line(&json::encode_event(
-                    None,
-                    topic.as_str(),
-                    "gap",
-                    &data,
-                    None,
-                )));
+                let data = Signal::gap_data(topic.as_str(), cursor);
+                let gap = Signal {
+                    topic: topic.as_str(),
+                    kind: "gap",
+                    data: &data,
+                };
+                out.push_back(gap.ndjson());
             }
-            Next::KeepAlive => out.push_back(Bytes::from_static(ndjson::KEEP_ALIVE)),
+            Next::KeepAlive => out.push_back(self.keep_alive()),
             Next::End(_) => {}
         }
     }
-}
 
-/// Answers with an NDJSON stream of `sub`.
-pub fn respond(sub: Subscription) -> Response {
-    let mut response = streaming_body(outbox(sub)).into_response();
-    set_headers(response.headers_mut());
-    response
+    fn shared(&self, event: &Event) -> Bytes {
+        event.json_line().clone()
+    }
+
+    fn keep_alive(&self) -> Bytes {
+        Bytes::from_static(ndjson::KEEP_ALIVE)
+    }
 }
 
 /// The NDJSON stream of `sub`, ready to be written.

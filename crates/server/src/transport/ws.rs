@@ -8,9 +8,8 @@ use axum::response::Response;
 use bytes::Bytes;
 use herald_core::Subscription;
 use herald_core::subscription::{EndReason, Next};
-use herald_protocol::json;
 
-use super::{StreamCounters, SubscriptionGauge, gap_data};
+use super::{Signal, StreamCounters, SubscriptionGauge};
 use crate::negotiate::Transport;
 use crate::state::AppState;
 
@@ -86,8 +85,13 @@ async fn run(mut socket: WebSocket, mut sub: Subscription) {
                 text(e.json())
             }
             Next::Gap { topic, cursor } => {
-                let data = gap_data(topic.as_str(), &cursor);
-                Message::Text(json::encode_event(None, topic.as_str(), "gap", &data, None).into())
+                let data = Signal::gap_data(topic.as_str(), &cursor);
+                let gap = Signal {
+                    topic: topic.as_str(),
+                    kind: "gap",
+                    data: &data,
+                };
+                Message::Text(gap.json().into())
             }
             Next::KeepAlive => Message::Ping(Bytes::new()),
             Next::End(reason) => {

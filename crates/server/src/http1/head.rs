@@ -1,8 +1,12 @@
-//! HTTP/1 heads for the direct path, as pure functions: reading a request
-//! head and deciding whether the direct path may answer it, and writing a
+//! HTTP/1 heads: reading a request head from the bytes that have arrived
+//! (and saying whether the direct path may answer it), and writing a
 //! response head the way hyper would.
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use std::net::SocketAddr;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+
+use crate::request::RequestView;
 
 /// Most headers a request head may carry before it is left to hyper
 /// (which answers `431`).
@@ -11,7 +15,7 @@ const MAX_HEADERS: usize = 64;
 /// A parsed request head.
 #[derive(Debug)]
 pub struct RequestHead {
-    pub method: String,
+    pub method: Method,
     /// The path as sent, still percent-encoded, without the query.
     pub path: String,
     pub query: Option<String>,
@@ -44,6 +48,9 @@ pub fn parse(buf: &[u8]) -> Parsed {
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Parsed::Foreign;
     };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Foreign;
+    };
     let mut headers = HeaderMap::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let (Ok(name), Ok(value)) = (
@@ -59,7 +66,7 @@ pub fn parse(buf: &[u8]) -> Parsed {
         None => (target, None),
     };
     Parsed::Head(RequestHead {
-        method: method.to_owned(),
+        method,
         path: path.to_owned(),
         query,
         http10: version == 0,
@@ -69,6 +76,22 @@ pub fn parse(buf: &[u8]) -> Parsed {
 }
 
 impl RequestHead {
+    /// The request as the rules see it.
+    pub fn view(&self, peer: Option<SocketAddr>) -> RequestView<'_> {
+        RequestView {
+            method: &self.method,
+            path: &self.path,
+            query: self.query.as_deref(),
+            headers: &self.headers,
+            version: if self.http10 {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            },
+            peer,
+        }
+    }
+
     /// A `GET` with no body, nothing to negotiate about the connection and
     /// an origin-form target: the only requests the direct path answers.
     /// Anything else — bodies, `Expect`, upgrades, `Connection: close` on
@@ -82,7 +105,7 @@ impl RequestHead {
             None => true,
             Some(v) => !self.http10 && v.as_bytes().eq_ignore_ascii_case(b"keep-alive"),
         };
-        self.method == "GET"
+        self.method == Method::GET
             && self.path.starts_with('/')
             && no_body
             && connection_ok
@@ -147,9 +170,6 @@ pub fn has_body(status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED)
 }
 
-/// The end of a chunked body.
-pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,7 +185,7 @@ mod tests {
     fn reads_a_subscribe_request() {
         let raw = "GET /topics/a%20b?transport=sse&x HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\n\r\nrest";
         let h = head(raw);
-        assert_eq!(h.method, "GET");
+        assert_eq!(h.method, Method::GET);
         assert_eq!(h.path, "/topics/a%20b");
         assert_eq!(h.query.as_deref(), Some("transport=sse&x"));
         assert!(!h.http10);
@@ -181,6 +201,38 @@ mod tests {
             assert!(matches!(parse(&raw[..cut]), Parsed::Partial), "cut {cut}");
         }
         assert!(head(std::str::from_utf8(raw).unwrap()).http10);
+    }
+
+    /// Pipelined heads and the start of a body, arriving in reads of every
+    /// size: each head is found once it is whole, and what follows it is
+    /// left for the next.
+    #[test]
+    fn reads_pipelined_heads_from_reads_of_every_size() {
+        let first = "GET /topics/a HTTP/1.1\r\nHost: h\r\n\r\n";
+        let second = "GET /subscribe?topic=a&topic=b HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n";
+        let after = "POST /topics/a HTTP/1.1\r\nContent-Le";
+        let wire = [first, second, after].concat();
+        for read in 1..=wire.len() {
+            let mut buf = bytes::BytesMut::new();
+            let mut heads = Vec::new();
+            for piece in wire.as_bytes().chunks(read) {
+                buf.extend_from_slice(piece);
+                while let Parsed::Head(h) = parse(&buf) {
+                    bytes::Buf::advance(&mut buf, h.len);
+                    heads.push((h.path, h.query, h.http10));
+                }
+            }
+            assert_eq!(
+                heads,
+                [
+                    ("/topics/a".into(), None, false),
+                    ("/subscribe".into(), Some("topic=a&topic=b".into()), true),
+                ],
+                "reads of {read}"
+            );
+            assert_eq!(&buf[..], after.as_bytes(), "reads of {read}");
+            assert!(matches!(parse(&buf), Parsed::Partial));
+        }
     }
 
     #[test]

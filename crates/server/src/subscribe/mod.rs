@@ -1,0 +1,145 @@
+//! Subscribe requests: decided once, in [`decide`], whichever stack read
+//! them; carried out here for hyper (HTTP/2, WebSocket, and whatever the
+//! direct path leaves to it) and in [`crate::direct`] for the rest. What a
+//! plan needs from the hub — the stream's outbox, the long poll's answer —
+//! is opened here for both.
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::response::{IntoResponse, Response};
+use herald_core::StoreError;
+use herald_core::long_poll::{LongPolled, Waiter};
+
+use crate::answer::Whole;
+use crate::error::ApiError;
+use crate::negotiate::Transport;
+use crate::request::{Peer, RequestView};
+use crate::state::AppState;
+use crate::transport::sse::{self, SseEncoder};
+use crate::transport::stream::NdjsonEncoder;
+use crate::transport::{Outbox, SubscriptionGauge, poll, streaming_body, ws};
+
+pub mod decide;
+
+pub use decide::{Decision, Plan, Route, decide, route};
+
+/// `GET /topics/{topic}` and `GET /subscribe` through hyper.
+pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    let view = RequestView {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        version: parts.version,
+        peer: parts.extensions.get::<Peer>().map(|p| p.0),
+    };
+    // The router sends only these two routes here.
+    let Some(route) = route(view.path) else {
+        return ApiError::NotFound.into_response();
+    };
+    metrics::counter!("herald_subscribe_requests_total", "stack" => "hyper").increment(1);
+    let plan = match decide(&state, route, &view).await {
+        Decision::Answer(whole) => return whole.into_response(),
+        Decision::Plan(plan) => plan,
+    };
+    match plan.transport {
+        Transport::WebSocket => {
+            let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+                Ok(upgrade) => upgrade,
+                Err(e) => return ApiError::BadRequest(e.body_text()).into_response(),
+            };
+            match state.hub().subscribe(plan.topics, &plan.cursor).await {
+                Ok(sub) => ws::respond(&state, upgrade, sub),
+                Err(e) => ApiError::from(e).into_response(),
+            }
+        }
+        Transport::LongPoll => {
+            let mut watches = state.hub().watches(&plan.topics);
+            match long_poll(&state, &plan, &mut watches).await {
+                Polled::Answer(whole) => whole.into_response(),
+                Polled::Answered(never) => match never {},
+            }
+        }
+        Transport::Sse | Transport::Stream => {
+            let headers = plan.headers.clone();
+            let body = match open(&state, plan).await {
+                Ok(Stream::Sse(outbox)) => streaming_body(*outbox),
+                Ok(Stream::Ndjson(outbox)) => streaming_body(*outbox),
+                Err(whole) => return whole.into_response(),
+            };
+            let mut response = body.into_response();
+            response.headers_mut().extend(headers);
+            response
+        }
+        Transport::Poll => short_poll_in_a_plan(),
+    }
+}
+
+/// A plan never holds a short poll ([`decide`] answers those); should one
+/// reach a stack, it is a bug, answered `500` and logged.
+pub fn short_poll_in_a_plan() -> Response {
+    ApiError::Internal("a short poll reached a stack as a plan".into()).into_response()
+}
+
+/// A stream's outbox, boxed so that it stays small wherever it waits.
+pub enum Stream {
+    Sse(Box<Outbox<SseEncoder>>),
+    Ndjson(Box<Outbox<NdjsonEncoder>>),
+}
+
+/// Opens the SSE or NDJSON stream `plan` asks for, or says what to answer
+/// instead: an SSE client whose store is unavailable is told to come back
+/// (a browser gives up for good on an error status).
+pub async fn open(state: &AppState, plan: Plan) -> Result<Stream, Whole> {
+    let opened = state.hub().subscribe(plan.topics, &plan.cursor).await;
+    match (plan.transport, opened) {
+        (Transport::Sse, Ok(sub)) => Ok(Stream::Sse(Box::new(sse::outbox(
+            state,
+            sub,
+            SseEncoder::default(),
+        )))),
+        (Transport::Sse, Err(StoreError::Unavailable(why))) => {
+            tracing::warn!(%why, "an SSE client was asked to retry: the store is unavailable");
+            Err(sse::retry_later(state))
+        }
+        (_, Ok(sub)) => Ok(Stream::Ndjson(Box::new(crate::transport::stream::outbox(
+            sub,
+        )))),
+        (_, Err(e)) => Err(ApiError::from(e).whole()),
+    }
+}
+
+/// How a long poll ended, for the stack to write.
+#[derive(Debug)]
+pub enum Polled<A> {
+    /// The answer to write: events, the empty `204`, or an error.
+    Answer(Whole),
+    /// The waiter answered the poll itself.
+    Answered(A),
+}
+
+/// Carries out the long poll `plan` asks for, waiting the way `waiter`
+/// waits (the hub's one long-poll loop, [`herald_core::long_poll`]).
+pub async fn long_poll<W: Waiter>(
+    state: &AppState,
+    plan: &Plan,
+    waiter: &mut W,
+) -> Polled<W::Answered> {
+    let _gauge = SubscriptionGauge::open(Transport::LongPoll);
+    let polled = state
+        .hub()
+        .long_poll(
+            &plan.topics,
+            &plan.cursor,
+            plan.limit,
+            plan.deadline,
+            waiter,
+        )
+        .await;
+    match polled {
+        Ok(LongPolled::Answer(answer)) => Polled::Answer(poll::answer(&answer, &plan.headers)),
+        Ok(LongPolled::Answered(a)) => Polled::Answered(a),
+        Err(e) => Polled::Answer(ApiError::from(e).whole()),
+    }
+}
