@@ -4,9 +4,16 @@
 //! cross from one path to the other, a stream ending on a connection that
 //! lives on, clients leaving, shutdown with connections that never spoke.
 
-use crate::harness::{PATIENCE, Raw, Server, client, publish, wait_for_metric, within};
+use crate::harness::{PATIENCE, Raw, Server, client, metric, publish, wait_for_metric, within};
 
 const LONG_POLLS: &str = "herald_subscriptions{transport=\"long-poll\"}";
+
+/// Subscribe requests read so far by (the direct path, hyper).
+async fn read_by(server: &Server) -> (f64, f64) {
+    let direct = "herald_subscribe_requests_total{stack=\"direct\"}";
+    let hyper = "herald_subscribe_requests_total{stack=\"hyper\"}";
+    (metric(server, direct).await, metric(server, hyper).await)
+}
 
 /// The status of every answer in `text`, in order (a body is not followed
 /// by a line break, so the next status line can start mid-line).
@@ -55,6 +62,9 @@ async fn pipelined_requests_are_answered_in_order_across_both_paths() {
     };
     let seen = statuses(&text);
     assert_eq!(seen, ["400", "204", "200", "204", "204"]);
+    // Once hyper has the connection it keeps it: the two subscribe
+    // requests after `/healthz` are its too.
+    assert_eq!(read_by(&server).await, (2.0, 2.0));
     let text = String::from_utf8_lossy(&raw.seen).into_owned();
     assert!(text.contains("\"code\":\"bad_query\""), "{text}");
     assert!(text.contains("{\"status\":\"ok\"}"), "{text}");
@@ -74,6 +84,7 @@ async fn a_head_that_arrives_in_pieces_is_answered() {
     let id = publish(&server, "pieces", "whole").await;
     let text = raw.until("data: whole\n\n").await;
     assert!(text.contains(&format!("id: {id}\n")), "{text}");
+    assert_eq!(read_by(&server).await, (1.0, 0.0));
 }
 
 #[tokio::test]
@@ -102,6 +113,7 @@ async fn http10_keep_alive_is_left_to_hyper_and_still_streams() {
     raw.until(": herald\n\n").await;
     publish(&server, "old", "still here").await;
     raw.until("data: still here\n\n").await;
+    assert_eq!(read_by(&server).await, (0.0, 1.0));
 }
 
 #[tokio::test]

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use herald_core::CursorInput;
 use herald_core::task::TaskId;
 use herald_core::task::feed::{Feed, FeedError, FeedItem};
-use herald_protocol::{ndjson, sse};
 
 use crate::error::ApiError;
 use crate::negotiate::{Transport, negotiate};
@@ -18,7 +17,9 @@ use crate::query::Query;
 use crate::state::AppState;
 use crate::subscribe::decide::cursor;
 use crate::tasks::task_id;
-use crate::transport::{Fill, Signal, SubscriptionGauge, streaming_body, ws};
+use crate::transport::sse::SseEncoder;
+use crate::transport::stream::NdjsonEncoder;
+use crate::transport::{Encode, Fill, Signal, SubscriptionGauge, streaming_body, ws};
 
 /// How a `wait` event writes the queue position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,8 +162,8 @@ where
 /// The SSE form: stored events as they were encoded, `wait` without an id.
 pub fn sse_response(state: &AppState, feed: Feed, wait: WaitData) -> Response {
     let encode = move |feed: &Feed, item: &FeedItem| match item {
-        FeedItem::Event(e) => Some(e.sse().full()),
-        FeedItem::KeepAlive => Some(Bytes::from_static(sse::KEEP_ALIVE)),
+        FeedItem::Event(e) => Some(SseEncoder::default().shared(e)),
+        FeedItem::KeepAlive => Some(SseEncoder::default().keep_alive()),
         other => with_signal(feed, other, wait, |s| s.sse()),
     };
     let mut response = body(feed, Transport::Sse, Some(state.sse_preamble()), encode);
@@ -172,8 +173,8 @@ pub fn sse_response(state: &AppState, feed: Feed, wait: WaitData) -> Response {
 
 fn ndjson_response(feed: Feed) -> Response {
     let encode = |feed: &Feed, item: &FeedItem| match item {
-        FeedItem::Event(e) => Some(e.json_line().clone()),
-        FeedItem::KeepAlive => Some(Bytes::from_static(ndjson::KEEP_ALIVE)),
+        FeedItem::Event(e) => Some(NdjsonEncoder.shared(e)),
+        FeedItem::KeepAlive => Some(NdjsonEncoder.keep_alive()),
         other => with_signal(feed, other, WaitData::Object, |s| s.ndjson()),
     };
     let mut response = body(feed, Transport::Stream, None, encode);

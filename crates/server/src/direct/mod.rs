@@ -32,7 +32,8 @@ use crate::error::ApiError;
 use crate::http1::head::{self, Framing, Parsed};
 use crate::negotiate::Transport;
 use crate::state::AppState;
-use crate::subscribe::{self, Decision, Plan, Polled, Stream};
+use crate::subscribe::{self, Decision, Plan, Stream};
+use crate::transport::long_poll::{self, Polled};
 use crate::transport::sse::SseEncoder;
 use crate::transport::stream::NdjsonEncoder;
 
@@ -212,7 +213,7 @@ async fn request(
         Decision::Plan(plan) => plan,
     };
     match plan.transport {
-        Transport::LongPoll => long_poll(direct, tcp, buf, plan, http10).await,
+        Transport::LongPoll => serve_long_poll(direct, tcp, buf, plan, http10).await,
         Transport::Sse | Transport::Stream => {
             let framing = if http10 {
                 Framing::Close
@@ -240,7 +241,7 @@ async fn request(
 
 /// A long poll, parked in its topic's lot when it has one topic (the lot's
 /// task may write its answer), waiting on the fan-out otherwise.
-async fn long_poll(
+async fn serve_long_poll(
     direct: &Direct,
     tcp: &Arc<TcpStream>,
     buf: &mut BytesMut,
@@ -252,13 +253,13 @@ async fn long_poll(
         let store = state.hub().store();
         let mut parking = Parking::join(&direct.lots.polls, store, topic, tcp, http10, &plan);
         tokio::select! {
-            polled = subscribe::long_poll(state, &plan, &mut parking) => polled,
+            polled = long_poll::run(state, &plan, &mut parking) => polled,
             () = client_gone(tcp, buf) => return Step::Closed,
         }
     } else {
         let mut watches = state.hub().watches(&plan.topics);
         tokio::select! {
-            polled = subscribe::long_poll(state, &plan, &mut watches) => match polled {
+            polled = long_poll::run(state, &plan, &mut watches) => match polled {
                 Polled::Answer(whole) => Polled::Answer(whole),
                 Polled::Answered(never) => match never {},
             },

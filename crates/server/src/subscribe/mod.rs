@@ -1,14 +1,13 @@
 //! Subscribe requests: decided once, in [`decide`], whichever stack read
 //! them; carried out here for hyper (HTTP/2, WebSocket, and whatever the
-//! direct path leaves to it) and in [`crate::direct`] for the rest. What a
-//! plan needs from the hub — the stream's outbox, the long poll's answer —
-//! is opened here for both.
+//! direct path leaves to it) and in [`crate::direct`] for the rest. A
+//! stream's outbox is opened here for both; a long poll runs in
+//! [`crate::transport::long_poll`] for both.
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::response::{IntoResponse, Response};
 use herald_core::StoreError;
-use herald_core::long_poll::{LongPolled, Waiter};
 
 use crate::answer::Whole;
 use crate::error::ApiError;
@@ -17,7 +16,8 @@ use crate::request::{Peer, RequestView};
 use crate::state::AppState;
 use crate::transport::sse::{self, SseEncoder};
 use crate::transport::stream::NdjsonEncoder;
-use crate::transport::{Outbox, SubscriptionGauge, poll, streaming_body, ws};
+use crate::transport::long_poll::{self, Polled};
+use crate::transport::{Outbox, streaming_body, ws};
 
 pub mod decide;
 
@@ -56,7 +56,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
         }
         Transport::LongPoll => {
             let mut watches = state.hub().watches(&plan.topics);
-            match long_poll(&state, &plan, &mut watches).await {
+            match long_poll::run(&state, &plan, &mut watches).await {
                 Polled::Answer(whole) => whole.into_response(),
                 Polled::Answered(never) => match never {},
             }
@@ -107,39 +107,5 @@ pub async fn open(state: &AppState, plan: Plan) -> Result<Stream, Whole> {
             sub,
         )))),
         (_, Err(e)) => Err(ApiError::from(e).whole()),
-    }
-}
-
-/// How a long poll ended, for the stack to write.
-#[derive(Debug)]
-pub enum Polled<A> {
-    /// The answer to write: events, the empty `204`, or an error.
-    Answer(Whole),
-    /// The waiter answered the poll itself.
-    Answered(A),
-}
-
-/// Carries out the long poll `plan` asks for, waiting the way `waiter`
-/// waits (the hub's one long-poll loop, [`herald_core::long_poll`]).
-pub async fn long_poll<W: Waiter>(
-    state: &AppState,
-    plan: &Plan,
-    waiter: &mut W,
-) -> Polled<W::Answered> {
-    let _gauge = SubscriptionGauge::open(Transport::LongPoll);
-    let polled = state
-        .hub()
-        .long_poll(
-            &plan.topics,
-            &plan.cursor,
-            plan.limit,
-            plan.deadline,
-            waiter,
-        )
-        .await;
-    match polled {
-        Ok(LongPolled::Answer(answer)) => Polled::Answer(poll::answer(&answer, &plan.headers)),
-        Ok(LongPolled::Answered(a)) => Polled::Answered(a),
-        Err(e) => Polled::Answer(ApiError::from(e).whole()),
     }
 }

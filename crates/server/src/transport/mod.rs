@@ -19,6 +19,7 @@ use metrics::{Counter, Gauge};
 
 use crate::negotiate::Transport;
 
+pub mod long_poll;
 pub mod poll;
 pub mod sse;
 pub mod stream;

@@ -1,0 +1,47 @@
+//! Long poll: a plan's long poll carried out by the hub's one long-poll
+//! loop ([`herald_core::long_poll`]), waiting the way the stack waits, and
+//! answered as a short poll would be (`200` with events, or `204` with
+//! `Herald-Cursor` at the deadline).
+
+use herald_core::long_poll::{LongPolled, Waiter};
+
+use super::{SubscriptionGauge, poll};
+use crate::answer::Whole;
+use crate::error::ApiError;
+use crate::negotiate::Transport;
+use crate::state::AppState;
+use crate::subscribe::Plan;
+
+/// How a long poll ended, for the stack to write.
+#[derive(Debug)]
+pub enum Polled<A> {
+    /// The answer to write: events, the empty `204`, or an error.
+    Answer(Whole),
+    /// The waiter answered the poll itself.
+    Answered(A),
+}
+
+/// Carries out the long poll `plan` asks for, waiting the way `waiter`
+/// waits (the hub's one long-poll loop, [`herald_core::long_poll`]).
+pub async fn run<W: Waiter>(
+    state: &AppState,
+    plan: &Plan,
+    waiter: &mut W,
+) -> Polled<W::Answered> {
+    let _gauge = SubscriptionGauge::open(Transport::LongPoll);
+    let polled = state
+        .hub()
+        .long_poll(
+            &plan.topics,
+            &plan.cursor,
+            plan.limit,
+            plan.deadline,
+            waiter,
+        )
+        .await;
+    match polled {
+        Ok(LongPolled::Answer(answer)) => Polled::Answer(poll::answer(&answer, &plan.headers)),
+        Ok(LongPolled::Answered(a)) => Polled::Answered(a),
+        Err(e) => Polled::Answer(ApiError::from(e).whole()),
+    }
+}
