@@ -24,3 +24,4 @@ mod resources;
 mod sse_wire;
 mod tasks;
 mod transports;
+mod ways_in;
