@@ -14,9 +14,9 @@ use crate::error::ApiError;
 use crate::negotiate::Transport;
 use crate::request::{Peer, RequestView};
 use crate::state::AppState;
+use crate::transport::long_poll::{self, Polled};
 use crate::transport::sse::{self, SseEncoder};
 use crate::transport::stream::NdjsonEncoder;
-use crate::transport::long_poll::{self, Polled};
 use crate::transport::{Outbox, streaming_body, ws};
 
 pub mod decide;

@@ -23,11 +23,7 @@ pub enum Polled<A> {
 
 /// Carries out the long poll `plan` asks for, waiting the way `waiter`
 /// waits (the hub's one long-poll loop, [`herald_core::long_poll`]).
-pub async fn run<W: Waiter>(
-    state: &AppState,
-    plan: &Plan,
-    waiter: &mut W,
-) -> Polled<W::Answered> {
+pub async fn run<W: Waiter>(state: &AppState, plan: &Plan, waiter: &mut W) -> Polled<W::Answered> {
     let _gauge = SubscriptionGauge::open(Transport::LongPoll);
     let polled = state
         .hub()
