@@ -39,7 +39,7 @@ pub fn app(state: AppState) -> Router {
         .route("/publish", post(publish::batch))
         .route(
             "/api/notifications",
-            get(notifications::follow).post(notifications::notify),
+            get(subscribe::handle).post(notifications::notify),
         )
         .route("/sse", get(counter::counter))
         .route("/api/queue", get(api_queue::poll).post(api_queue::enqueue))

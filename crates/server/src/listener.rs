@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
@@ -45,9 +44,9 @@ pub async fn serve(
     };
     tokio::pin!(stop);
     loop {
-        let (tcp, peer) = tokio::select! {
+        let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok((tcp, _)) => tcp,
                 Err(e) => {
                     accept_failed(e).await;
                     continue;
@@ -59,7 +58,6 @@ pub async fn serve(
             direct.clone(),
             router.clone(),
             tcp,
-            peer,
             graceful.watcher(),
         ));
     }
@@ -78,36 +76,33 @@ pub async fn serve(
 }
 
 /// One connection, from accept to close.
-async fn connection(
-    direct: Direct,
-    router: Router,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    watcher: Watcher,
-) {
+async fn connection(direct: Direct, router: Router, tcp: TcpStream, watcher: Watcher) {
     // Nagle's algorithm would hold a small event back until the client
     // acknowledges the previous one (up to 40 ms with delayed ACKs): push
     // servers write small frames and want each out at once.
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
-    match direct::serve(&direct, tcp, Some(peer)).await {
+    match direct::serve(&direct, tcp).await {
         Outcome::Closed => drop(watcher),
         // Boxed: hyper's connection state is large, and an idle subscriber
         // on the direct path should not carry room for it.
-        Outcome::Handover(io) => Box::pin(hyper_connection(router, io, peer, watcher)).await,
+        Outcome::Handover(io) => Box::pin(hyper_connection(router, io, watcher)).await,
     }
 }
 
 /// Serves the rest of a connection with hyper (HTTP/1 or HTTP/2, upgrades
 /// allowed), ending it gracefully on shutdown. Every request carries the
 /// client's address ([`Peer`]), as the direct path's do.
-async fn hyper_connection(router: Router, io: Rewind, peer: SocketAddr, watcher: Watcher) {
+async fn hyper_connection(router: Router, io: Rewind, watcher: Watcher) {
+    let peer = io.peer_addr();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // HTTP/2 WebSockets (RFC 8441) need the extended CONNECT protocol.
     builder.http2().enable_connect_protocol();
     let service = router.map_request(move |mut request: Request<_>| {
-        request.extensions_mut().insert(Peer(peer));
+        if let Some(peer) = peer {
+            request.extensions_mut().insert(Peer(peer));
+        }
         request
     });
     let conn =

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use herald_core::subscription::Next;
-use herald_core::{Event, EventId, Store};
+use herald_core::{Event, EventId};
 use metrics::Counter;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -56,8 +56,6 @@ impl<E: Encode + Default> Kind for Streams<E> {
 pub struct Live {
     /// HTTP/1.1 (chunked) rather than HTTP/1.0 (ends with the close).
     chunked: bool,
-    /// The stream's keep-alive, framed.
-    keep_alive: Bytes,
     /// Locked by whoever writes to the socket: the lot's task (events) or
     /// the stream's task (a keep-alive, or taking the stream back).
     slot: Mutex<Slot>,
@@ -97,7 +95,6 @@ pub enum Held {
 /// the lot and resumed at the lot's position afterwards.
 pub async fn hold<E: Encode + Default + PartialEq>(
     lots: &Arc<Lots<Streams<E>>>,
-    store: &Arc<dyn Store>,
     tcp: &Arc<TcpStream>,
     outbox: &mut Outbox<E>,
     chunked: bool,
@@ -106,7 +103,6 @@ pub async fn hold<E: Encode + Default + PartialEq>(
     if *outbox.encoder() != E::default() {
         return Held::NotNow;
     }
-    let idle = framed(chunked, outbox.encoder().keep_alive());
     let sub = outbox.subscription();
     // Whatever already waits is delivered first; joining is pointless
     // until then.
@@ -115,13 +111,12 @@ pub async fn hold<E: Encode + Default + PartialEq>(
     };
     // Joined before the subscription lets go of its own place in the ring:
     // see `lot`.
-    let member = lots.join(store, &topic);
+    let member = lots.join(&topic);
     let Some(pos) = sub.release() else {
         return Held::NotNow;
     };
     let live = Arc::new(Live {
         chunked,
-        keep_alive: idle,
         slot: Mutex::new(Slot {
             tcp: Some(Arc::clone(tcp)),
             pos,
@@ -139,7 +134,8 @@ pub async fn hold<E: Encode + Default + PartialEq>(
         tokio::select! {
             () = entered.live.back.notified() => break Ended::Back,
             next = sub.wait_quiet() => match next {
-                Next::KeepAlive if keep_alive(&entered.live) => {}
+                // The stream's encoder is `E`'s default (checked above).
+                Next::KeepAlive if keep_alive(&entered.live, E::default().keep_alive()) => {}
                 Next::KeepAlive => break Ended::Back,
                 next => break Ended::Next(next),
             },
@@ -197,12 +193,12 @@ enum Ended {
 /// Writes a keep-alive while the stream is in the lot; `false` if the lot
 /// gave the stream back meanwhile or the socket did not take it all (then
 /// the rest is the stream's task's to write).
-fn keep_alive(live: &Live) -> bool {
+fn keep_alive(live: &Live, idle: Bytes) -> bool {
     let mut slot = lock(&live.slot);
     let Some(tcp) = slot.tcp.clone() else {
         return false;
     };
-    let mut parts = VecDeque::from([live.keep_alive.clone()]);
+    let mut parts = VecDeque::from([framed(live.chunked, idle)]);
     if write_or_keep(&tcp, &mut parts, &mut slot) {
         return true;
     }

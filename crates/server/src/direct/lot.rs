@@ -44,17 +44,18 @@ pub trait Kind: Sized + Send + Sync + 'static {
     fn lost(waiters: BTreeMap<u64, Arc<Self::Waiter>>);
 }
 
-/// The lots of one kind, by topic.
-#[derive(Debug)]
+/// The lots of one kind, by topic, watching the topics of one store.
 pub struct Lots<K: Kind> {
     lots: Mutex<HashMap<Topic, Arc<Lot<K>>>>,
+    store: Arc<dyn Store>,
 }
 
-impl<K: Kind> Default for Lots<K> {
-    fn default() -> Self {
-        Lots {
-            lots: Mutex::default(),
-        }
+impl<K: Kind> std::fmt::Debug for Lots<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let topics = lock(&self.lots).len();
+        f.debug_struct("Lots")
+            .field("topics", &topics)
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,10 +99,16 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<K: Kind> Lots<K> {
+    pub fn new(store: &Arc<dyn Store>) -> Arc<Lots<K>> {
+        Arc::new(Lots {
+            lots: Mutex::default(),
+            store: Arc::clone(store),
+        })
+    }
+
     /// Joins the lot of `topic`, opening it (and its task, watching the
-    /// topic in `store` from now on) if there is none. Read the store only
-    /// after this.
-    pub fn join(self: &Arc<Self>, store: &Arc<dyn Store>, topic: &Topic) -> Member<K> {
+    /// topic from now on) if there is none. Read the store only after this.
+    pub fn join(self: &Arc<Self>, topic: &Topic) -> Member<K> {
         let lots = self;
         let mut map = lock(&lots.lots);
         let lot = match map.get(topic) {
@@ -119,7 +126,7 @@ impl<K: Kind> Lots<K> {
                     idle: Notify::new(),
                 });
                 map.insert(topic.clone(), Arc::clone(&lot));
-                let watch = store.watch(topic);
+                let watch = lots.store.watch(topic);
                 tokio::spawn(run(Arc::clone(lots), Arc::clone(&lot), watch));
                 lot
             }
@@ -314,7 +321,13 @@ mod tests {
     async fn a_ring_that_repeats_events_is_served_each_once_in_order() {
         let topic = Topic::new("t").unwrap();
         let fanout = Fanout::new(64);
-        let lots = Arc::new(Lots::<Record>::default());
+        let retention = herald_core::Retention {
+            max_events: 10,
+            max_age: None,
+        };
+        let store: Arc<dyn Store> =
+            herald_core::store::memory::MemoryStore::new(retention, Arc::clone(&fanout));
+        let lots = Lots::<Record>::new(&store);
         let lot = Arc::new(Lot {
             topic: topic.clone(),
             state: Mutex::new(LotState {

@@ -20,7 +20,6 @@
 //! and once hyper has a connection it keeps it.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
@@ -61,7 +60,7 @@ pub struct Direct {
 }
 
 /// Where this path's clients wait, per topic and kind.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct AllLots {
     polls: Arc<Lots<Polls>>,
     sse: Arc<Lots<Streams<SseEncoder>>>,
@@ -70,9 +69,15 @@ struct AllLots {
 
 impl Direct {
     pub fn new(state: AppState) -> Direct {
+        let store = state.hub().store();
+        let lots = AllLots {
+            polls: Lots::new(store),
+            sse: Lots::new(store),
+            ndjson: Lots::new(store),
+        };
         Direct {
             state,
-            lots: Arc::default(),
+            lots: Arc::new(lots),
         }
     }
 }
@@ -101,17 +106,13 @@ enum Step {
     Closed,
     /// Answered whole; says whether the connection goes on.
     Answered { after: After, http10: bool },
-    /// A stream to write from here on, opening with `head`.
-    Stream {
-        stream: Stream,
-        head: Bytes,
-        http10: bool,
-    },
+    /// A stream to carry on writing: its head and opening bytes are out.
+    Stream { stream: Stream, http10: bool },
 }
 
 /// Serves requests on `tcp` for as long as they are ones the direct path
 /// answers.
-pub async fn serve(direct: &Direct, tcp: TcpStream, peer: Option<SocketAddr>) -> Outcome {
+pub async fn serve(direct: &Direct, tcp: TcpStream) -> Outcome {
     // Shared: a parked long poll's answer and a caught-up stream's events
     // are written by their topic's lot.
     let tcp = Arc::new(tcp);
@@ -120,7 +121,7 @@ pub async fn serve(direct: &Direct, tcp: TcpStream, peer: Option<SocketAddr>) ->
         // Boxed: a connection's future is as large as the largest thing it
         // may await, and an idle subscriber should carry room for its
         // stream only, not for reading a head, a long poll or a store read.
-        let step = Box::pin(request(direct, &tcp, &mut buf, peer)).await;
+        let step = Box::pin(request(direct, &tcp, &mut buf)).await;
         let (after, http10) = match step {
             Step::Hyper => {
                 // Nothing else holds the socket once a request is over.
@@ -131,29 +132,14 @@ pub async fn serve(direct: &Direct, tcp: TcpStream, peer: Option<SocketAddr>) ->
             }
             Step::Closed => return Outcome::Closed,
             Step::Answered { after, http10 } => (after, http10),
-            Step::Stream {
-                stream,
-                head,
-                http10,
-            } => {
-                let lots = &direct.lots;
+            Step::Stream { stream, http10 } => {
+                let (lots, chunked) = (&direct.lots, !http10);
                 let after = match stream {
                     Stream::Sse(mut outbox) => {
-                        write_stream::run(
-                            direct,
-                            &lots.sse,
-                            &tcp,
-                            http10,
-                            head,
-                            &mut outbox,
-                            &mut buf,
-                        )
-                        .await
+                        write_stream::run(&lots.sse, &tcp, chunked, &mut outbox, &mut buf).await
                     }
                     Stream::Ndjson(mut outbox) => {
-                        let ndjson = &lots.ndjson;
-                        write_stream::run(direct, ndjson, &tcp, http10, head, &mut outbox, &mut buf)
-                            .await
+                        write_stream::run(&lots.ndjson, &tcp, chunked, &mut outbox, &mut buf).await
                     }
                 };
                 (after, http10)
@@ -170,12 +156,7 @@ pub async fn serve(direct: &Direct, tcp: TcpStream, peer: Option<SocketAddr>) ->
 
 /// Reads one request head and does what it asks, up to the point where a
 /// stream would start.
-async fn request(
-    direct: &Direct,
-    tcp: &Arc<TcpStream>,
-    buf: &mut BytesMut,
-    peer: Option<SocketAddr>,
-) -> Step {
+async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut) -> Step {
     let state = &direct.state;
     let head = loop {
         if !buf.is_empty() {
@@ -206,6 +187,9 @@ async fn request(
         // Give the read space back: an idle subscriber holds no buffer.
         *buf = BytesMut::new();
     }
+    // Asked of the socket here, not kept: an idle subscriber's connection
+    // should not carry it.
+    let peer = tcp.peer_addr().ok();
     let decision = subscribe::decide(state, route, &head.view(peer)).await;
     drop(head);
     let plan = match decision {
@@ -221,13 +205,30 @@ async fn request(
                 Framing::Chunked
             };
             let head = head::response(http10, StatusCode::OK, &plan.headers, framing, &date());
-            match subscribe::open(state, plan).await {
-                Ok(stream) => Step::Stream {
-                    stream,
-                    head: Bytes::from(head),
+            let mut stream = match subscribe::open(state, plan).await {
+                Ok(stream) => stream,
+                Err(whole) => return answered(tcp, http10, whole).await,
+            };
+            // The head goes out at once, with whatever the stream opens
+            // with; done here, so that an idle stream carries neither.
+            let mut out = VecDeque::from([Bytes::from(head)]);
+            let mut line = BytesMut::new();
+            let chunked = !http10;
+            let written = match &mut stream {
+                Stream::Sse(outbox) => {
+                    write_stream::flush(tcp, chunked, outbox, &mut out, &mut line).await
+                }
+                Stream::Ndjson(outbox) => {
+                    write_stream::flush(tcp, chunked, outbox, &mut out, &mut line).await
+                }
+            };
+            match written {
+                Ok(false) => Step::Stream { stream, http10 },
+                Ok(true) => Step::Answered {
+                    after: if chunked { After::Next } else { After::Close },
                     http10,
                 },
-                Err(whole) => answered(tcp, http10, whole).await,
+                Err(_) => Step::Closed,
             }
         }
         // No upgrade reaches this path (`is_plain_get`), and `decide`
@@ -250,8 +251,7 @@ async fn serve_long_poll(
 ) -> Step {
     let state = &direct.state;
     let polled = if let [topic] = plan.topics.as_slice() {
-        let store = state.hub().store();
-        let mut parking = Parking::join(&direct.lots.polls, store, topic, tcp, http10, &plan);
+        let mut parking = Parking::join(&direct.lots.polls, topic, tcp, http10, &plan);
         tokio::select! {
             polled = long_poll::run(state, &plan, &mut parking) => polled,
             () = client_gone(tcp, buf) => return Step::Closed,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use herald_core::long_poll::{Waiter, Wake};
-use herald_core::{Cursor, Event, EventId, PollAnswer, Store, Topic};
+use herald_core::{Cursor, Event, EventId, PollAnswer, Topic};
 use metrics::Counter;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -237,7 +237,6 @@ fn write_answer(mut tcp: &TcpStream, answer: [Bytes; 2]) -> Delivery {
 /// the loop's first read, parked after each read that found nothing.
 pub struct Parking {
     lots: Arc<Lots<Polls>>,
-    store: Arc<dyn Store>,
     topic: Topic,
     member: Member<Polls>,
     tcp: Arc<TcpStream>,
@@ -256,16 +255,14 @@ impl Parking {
     /// Joins the lot of the plan's one topic.
     pub fn join(
         lots: &Arc<Lots<Polls>>,
-        store: &Arc<dyn Store>,
         topic: &Topic,
         tcp: &Arc<TcpStream>,
         http10: bool,
         plan: &Plan,
     ) -> Parking {
         Parking {
-            member: lots.join(store, topic),
+            member: lots.join(topic),
             lots: Arc::clone(lots),
-            store: Arc::clone(store),
             topic: topic.clone(),
             tcp: Arc::clone(tcp),
             http10,
@@ -277,7 +274,7 @@ impl Parking {
 
     fn rejoin(&mut self) {
         self.parked = None;
-        self.member = self.lots.join(&self.store, &self.topic);
+        self.member = self.lots.join(&self.topic);
     }
 
     fn answered(delivery: Delivery) -> Option<Result<VecDeque<Bytes>, Lost>> {

@@ -66,6 +66,11 @@ impl Rewind {
     pub fn new(prefix: Bytes, inner: TcpStream) -> Rewind {
         Rewind { prefix, inner }
     }
+
+    /// The client's address, if the socket still knows it.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.peer_addr().ok()
+    }
 }
 
 impl AsyncRead for Rewind {

@@ -11,65 +11,73 @@ use tokio::net::TcpStream;
 
 use super::live::{self, Held, Streams};
 use super::lot::Lots;
-use super::{After, Direct, client_gone, socket};
+use super::{After, client_gone, socket};
 use crate::http1::chunk;
 use crate::transport::{Encode, Outbox};
 
-/// Writes `head`, then `outbox` until it ends or the client goes.
-/// Everything waiting goes out in one write.
+/// Writes `out` (what is left of earlier writes, or the stream's head)
+/// and then what `outbox` has queued, framed: one write. `Ok(true)` once
+/// the stream has ended (its last chunk written).
+pub(super) async fn flush<E: Encode>(
+    tcp: &TcpStream,
+    chunked: bool,
+    outbox: &mut Outbox<E>,
+    out: &mut VecDeque<Bytes>,
+    line: &mut BytesMut,
+) -> std::io::Result<bool> {
+    let at = out.len();
+    outbox.drain_into(out);
+    if chunked {
+        chunk::frame_from(out, at, line);
+    }
+    let finished = outbox.is_finished();
+    if finished && chunked {
+        out.push_back(Bytes::from_static(chunk::LAST));
+    }
+    socket::write_all(tcp, out).await?;
+    Ok(finished)
+}
+
+/// Carries on a stream whose head and opening bytes are written, until it
+/// ends or the client goes. Everything waiting goes out in one write.
 pub(super) async fn run<E: Encode + Default + PartialEq>(
-    direct: &Direct,
     lots: &Arc<Lots<Streams<E>>>,
     tcp: &Arc<TcpStream>,
-    http10: bool,
-    head: Bytes,
+    chunked: bool,
     outbox: &mut Outbox<E>,
     buf: &mut BytesMut,
 ) -> After {
-    let chunked = !http10;
-    let mut out = VecDeque::from([head]);
+    let mut out = VecDeque::new();
     let mut line = BytesMut::new();
-    // The head goes out at once, with whatever the stream opens with (and,
-    // later, bytes left to write go out before the next wait).
-    let mut opening = true;
     loop {
-        if !opening {
+        // Decided before waiting, so that what `hold` returned is not kept
+        // across the wait: every byte here is held by every idle stream.
+        let wait = match live::hold(lots, tcp, outbox, chunked, buf).await {
+            // What the lot could not write goes out before anything the
+            // subscription yields from here on.
+            Held::Back { rest } => {
+                out = rest;
+                false
+            }
+            Held::End { rest, next } => {
+                out = rest;
+                outbox.push(next);
+                false
+            }
+            Held::Gone => return After::Close,
+            Held::NotNow => true,
+        };
+        if wait {
             tokio::select! {
                 () = outbox.fill() => {}
                 () = client_gone(tcp, buf) => return After::Close,
             }
         }
-        opening = false;
-        let at = out.len();
-        outbox.drain_into(&mut out);
-        if chunked {
-            chunk::frame_from(&mut out, at, &mut line);
-        }
-        let finished = outbox.is_finished();
-        if finished && chunked {
-            out.push_back(Bytes::from_static(chunk::LAST));
-        }
-        if socket::write_all(tcp, &mut out).await.is_err() {
-            return After::Close;
-        }
-        if finished {
-            return if chunked { After::Next } else { After::Close };
-        }
-        let store = direct.state.hub().store();
-        match live::hold(lots, store, tcp, outbox, chunked, buf).await {
-            Held::NotNow => {}
-            Held::Back { rest } => {
-                // What the lot could not write goes out before anything
-                // the subscription yields from here on.
-                out = rest;
-                opening = true;
-            }
-            Held::End { rest, next } => {
-                out = rest;
-                outbox.push(next);
-                opening = true;
-            }
-            Held::Gone => return After::Close,
+        match flush(tcp, chunked, outbox, &mut out, &mut line).await {
+            Err(_) => return After::Close,
+            Ok(false) => {}
+            Ok(true) if chunked => return After::Next,
+            Ok(true) => return After::Close,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The one decision about a subscribe request — `GET /topics/{topic}` or
-//! `GET /subscribe?topic=…` — whichever HTTP stack read it.
+//! The one decision about a subscribe request — `GET /topics/{topic}`,
+//! `GET /subscribe?topic=…`, or the seed article's `GET /api/notifications`
+//! (the topic `api.notifications`) — whichever HTTP stack read it.
 //!
 //! [`decide`] takes what the request is ([`RequestView`]) and returns either
 //! a finished answer (an error, a short poll's page or its `204`) or a
@@ -9,12 +10,14 @@
 //! every transport and every way in.
 
 use axum::http::HeaderMap;
+use bytes::Bytes;
 use herald_core::{CursorInput, Topic};
 use tokio::time::Instant;
 
 use crate::answer::Whole;
 use crate::error::ApiError;
 use crate::negotiate::{Transport, negotiate};
+use crate::notifications::{NOTIFICATION_COMMENT, NOTIFICATIONS_TOPIC};
 use crate::publish::topic;
 use crate::query::Query;
 use crate::request::RequestView;
@@ -31,13 +34,18 @@ pub enum Route<'a> {
     Topic(&'a str),
     /// `/subscribe`: the topics are in the query.
     Subscribe,
+    /// `/api/notifications`: SSE of the topic `api.notifications`, each
+    /// event with the article's comment line.
+    Notifications,
 }
 
 /// The subscribe route `path` names, if any (the router's table for these
-/// two routes: a segment, never empty, never two).
+/// routes: a topic is a segment, never empty, never two).
 pub fn route(path: &str) -> Option<Route<'_>> {
-    if path == "/subscribe" {
-        return Some(Route::Subscribe);
+    match path {
+        "/subscribe" => return Some(Route::Subscribe),
+        "/api/notifications" => return Some(Route::Notifications),
+        _ => {}
     }
     let segment = path.strip_prefix("/topics/")?;
     (!segment.is_empty() && !segment.contains('/')).then_some(Route::Topic(segment))
@@ -56,6 +64,9 @@ pub struct Plan {
     /// Headers the answer carries: a stream's head is these, a long poll's
     /// answer adds its own.
     pub headers: HeaderMap,
+    /// SSE: a comment line written inside every event (the notification
+    /// route's).
+    pub comment: Option<Bytes>,
 }
 
 /// What a subscribe request comes to.
@@ -84,8 +95,16 @@ fn plan(state: &AppState, route: Route<'_>, request: &RequestView<'_>) -> Result
     let topics = match route {
         Route::Topic(segment) => vec![path_topic(segment)?],
         Route::Subscribe => query_topics(&query)?,
+        Route::Notifications => vec![topic(NOTIFICATIONS_TOPIC)?],
     };
-    let transport = negotiate(request.headers, &query)?;
+    // The article's client is an EventSource: SSE whatever it asks.
+    let (transport, comment) = match route {
+        Route::Notifications => (
+            Transport::Sse,
+            Some(Bytes::from_static(NOTIFICATION_COMMENT)),
+        ),
+        _ => (negotiate(request.headers, &query)?, None),
+    };
     // From the beginning for a short poll, from now for everything else.
     let default = if transport == Transport::Poll {
         CursorInput::All
@@ -113,6 +132,7 @@ fn plan(state: &AppState, route: Route<'_>, request: &RequestView<'_>) -> Result
         limit,
         deadline,
         headers,
+        comment,
     })
 }
 
@@ -175,6 +195,7 @@ mod tests {
     fn routes_the_two_subscribe_paths_only() {
         assert_eq!(route("/subscribe"), Some(Route::Subscribe));
         assert_eq!(route("/topics/a%20b"), Some(Route::Topic("a%20b")));
+        assert_eq!(route("/api/notifications"), Some(Route::Notifications));
         for other in [
             "/topics/",
             "/topics/a/b",

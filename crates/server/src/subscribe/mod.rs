@@ -23,7 +23,8 @@ pub mod decide;
 
 pub use decide::{Decision, Plan, Route, decide, route};
 
-/// `GET /topics/{topic}` and `GET /subscribe` through hyper.
+/// `GET /topics/{topic}`, `GET /subscribe` and `GET /api/notifications`
+/// through hyper.
 pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let (mut parts, _body) = request.into_parts();
     let view = RequestView {
@@ -94,11 +95,12 @@ pub enum Stream {
 pub async fn open(state: &AppState, plan: Plan) -> Result<Stream, Whole> {
     let opened = state.hub().subscribe(plan.topics, &plan.cursor).await;
     match (plan.transport, opened) {
-        (Transport::Sse, Ok(sub)) => Ok(Stream::Sse(Box::new(sse::outbox(
-            state,
-            sub,
-            SseEncoder::default(),
-        )))),
+        (Transport::Sse, Ok(sub)) => {
+            let encoder = SseEncoder {
+                comment: plan.comment,
+            };
+            Ok(Stream::Sse(Box::new(sse::outbox(state, sub, encoder))))
+        }
         (Transport::Sse, Err(StoreError::Unavailable(why))) => {
             tracing::warn!(%why, "an SSE client was asked to retry: the store is unavailable");
             Err(sse::retry_later(state))
