@@ -15,6 +15,7 @@ mod listener;
 pub mod negotiate;
 mod notifications;
 mod ops;
+mod plan;
 mod publish;
 pub mod query;
 pub mod request;

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use super::lot::{Kind, Lot, Lots, Member, Refused, lock};
 use crate::http1::head::{self, Framing};
 use crate::http1::write::write_now;
-use crate::subscribe::Plan;
+use crate::plan::Plan;
 use crate::transport::poll;
 
 /// The kind of lot parked long polls wait in.

@@ -18,6 +18,7 @@ use crate::answer::Whole;
 use crate::error::ApiError;
 use crate::negotiate::{Transport, negotiate};
 use crate::notifications::{NOTIFICATION_COMMENT, NOTIFICATIONS_TOPIC};
+pub use crate::plan::Plan;
 use crate::publish::topic;
 use crate::query::Query;
 use crate::request::RequestView;
@@ -49,24 +50,6 @@ pub fn route(path: &str) -> Option<Route<'_>> {
     }
     let segment = path.strip_prefix("/topics/")?;
     (!segment.is_empty() && !segment.contains('/')).then_some(Route::Topic(segment))
-}
-
-/// A stream or long poll, decided: what the stack carries out.
-#[derive(Debug)]
-pub struct Plan {
-    pub topics: Vec<Topic>,
-    pub cursor: CursorInput,
-    pub transport: Transport,
-    /// Long poll: most events in its answer.
-    pub limit: usize,
-    /// Long poll: when it answers `204` if nothing came.
-    pub deadline: Instant,
-    /// Headers the answer carries: a stream's head is these, a long poll's
-    /// answer adds its own.
-    pub headers: HeaderMap,
-    /// SSE: a comment line written inside every event (the notification
-    /// route's).
-    pub comment: Option<Bytes>,
 }
 
 /// What a subscribe request comes to.

@@ -9,8 +9,8 @@ use super::{SubscriptionGauge, poll};
 use crate::answer::Whole;
 use crate::error::ApiError;
 use crate::negotiate::Transport;
+use crate::plan::Plan;
 use crate::state::AppState;
-use crate::subscribe::Plan;
 
 /// How a long poll ended, for the stack to write.
 #[derive(Debug)]
