@@ -6,22 +6,38 @@ use bytes::Bytes;
 use herald_core::{CursorInput, Topic};
 use tokio::time::Instant;
 
-use crate::negotiate::Transport;
-
-/// A stream or long poll, decided: what the stack carries out.
+/// A stream, WebSocket or long poll, decided.
 #[derive(Debug)]
 pub struct Plan {
     pub topics: Vec<Topic>,
     pub cursor: CursorInput,
-    pub transport: Transport,
-    /// Long poll: most events in its answer.
-    pub limit: usize,
-    /// Long poll: when it answers `204` if nothing came.
-    pub deadline: Instant,
-    /// Headers the answer carries: a stream's head is these, a long poll's
-    /// answer adds its own.
+    pub mode: Mode,
+    /// Headers every answer to the request carries: a stream's head is
+    /// these, a long poll's answer (parked ones too) adds its own.
     pub headers: HeaderMap,
-    /// SSE: a comment line written inside every event (the notification
-    /// route's).
-    pub comment: Option<Bytes>,
+}
+
+/// How the request is carried out.
+#[derive(Debug)]
+pub enum Mode {
+    /// Upgraded to a WebSocket (hyper only: the direct path reads no
+    /// upgrades).
+    WebSocket,
+    Stream(StreamKind),
+    /// Held until an event is after the cursor, or `204` at `deadline`.
+    LongPoll {
+        limit: usize,
+        deadline: Instant,
+    },
+}
+
+/// Which event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamKind {
+    /// SSE; `comment` is a line written inside every event (the
+    /// notification route's).
+    Sse {
+        comment: Option<Bytes>,
+    },
+    Ndjson,
 }

@@ -1,5 +1,6 @@
 //! The direct path: subscribe requests over HTTP/1 — SSE, NDJSON streams,
-//! long and short polls of `GET /topics/{topic}` and `GET /subscribe` —
+//! long and short polls of `GET /topics/{topic}` and `GET /subscribe`, and
+//! the SSE of `GET /api/notifications` —
 //! answered straight on the socket; everything else goes to hyper and the
 //! router, along with the bytes already read.
 //!
@@ -24,14 +25,15 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use bytes::{Buf, Bytes, BytesMut};
+use herald_core::long_poll::Waiter;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::answer::Whole;
 use crate::error::ApiError;
 use crate::http1::head::{self, Framing, Parsed};
-use crate::negotiate::Transport;
 use crate::state::AppState;
-use crate::subscribe::{self, Decision, Plan, Stream};
+use crate::subscribe::{self, Decision, Mode, Plan, Stream, StreamKind};
 use crate::transport::long_poll::{self, Polled};
 use crate::transport::sse::SseEncoder;
 use crate::transport::stream::NdjsonEncoder;
@@ -196,47 +198,57 @@ async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut) -> S
         Decision::Answer(whole) => return answered(tcp, http10, whole).await,
         Decision::Plan(plan) => plan,
     };
-    match plan.transport {
-        Transport::LongPoll => serve_long_poll(direct, tcp, buf, plan, http10).await,
-        Transport::Sse | Transport::Stream => {
-            let framing = if http10 {
-                Framing::Close
-            } else {
-                Framing::Chunked
-            };
-            let head = head::response(http10, StatusCode::OK, &plan.headers, framing, &date());
-            let mut stream = match subscribe::open(state, plan).await {
-                Ok(stream) => stream,
-                Err(whole) => return answered(tcp, http10, whole).await,
-            };
-            // The head goes out at once, with whatever the stream opens
-            // with; done here, so that an idle stream carries neither.
-            let mut out = VecDeque::from([Bytes::from(head)]);
-            let mut line = BytesMut::new();
-            let chunked = !http10;
-            let written = match &mut stream {
-                Stream::Sse(outbox) => {
-                    write_stream::flush(tcp, chunked, outbox, &mut out, &mut line).await
-                }
-                Stream::Ndjson(outbox) => {
-                    write_stream::flush(tcp, chunked, outbox, &mut out, &mut line).await
-                }
-            };
-            match written {
-                Ok(false) => Step::Stream { stream, http10 },
-                Ok(true) => Step::Answered {
-                    after: if chunked { After::Next } else { After::Close },
-                    http10,
-                },
-                Err(_) => Step::Closed,
-            }
+    match &plan.mode {
+        &Mode::LongPoll { limit, deadline } => {
+            serve_long_poll(direct, tcp, buf, &plan, limit, deadline, http10).await
         }
-        // No upgrade reaches this path (`is_plain_get`), and `decide`
-        // answers short polls itself.
-        Transport::WebSocket | Transport::Poll => {
-            let bug = ApiError::Internal(format!("{:?} reached the direct path", plan.transport));
+        Mode::Stream(kind) => {
+            let kind = kind.clone();
+            open_stream(direct, tcp, plan, kind, http10).await
+        }
+        // `is_plain_get` leaves every upgrade to hyper.
+        Mode::WebSocket => {
+            let bug = ApiError::Internal("a WebSocket plan reached the direct path".into());
             answered(tcp, http10, bug.whole()).await
         }
+    }
+}
+
+/// Opens a stream and writes its head at once, with whatever the stream
+/// opens with; done here, so that an idle stream carries neither.
+async fn open_stream(
+    direct: &Direct,
+    tcp: &Arc<TcpStream>,
+    plan: Plan,
+    kind: StreamKind,
+    http10: bool,
+) -> Step {
+    let chunked = !http10;
+    let framing = if chunked {
+        Framing::Chunked
+    } else {
+        Framing::Close
+    };
+    let head = head::response(http10, StatusCode::OK, &plan.headers, framing, &date());
+    let mut stream = match subscribe::open(&direct.state, plan.topics, &plan.cursor, kind).await {
+        Ok(stream) => stream,
+        Err(whole) => return answered(tcp, http10, whole).await,
+    };
+    let mut out = VecDeque::from([Bytes::from(head)]);
+    let mut line = BytesMut::new();
+    let written = match &mut stream {
+        Stream::Sse(outbox) => write_stream::flush(tcp, chunked, outbox, &mut out, &mut line).await,
+        Stream::Ndjson(outbox) => {
+            write_stream::flush(tcp, chunked, outbox, &mut out, &mut line).await
+        }
+    };
+    match written {
+        Ok(false) => Step::Stream { stream, http10 },
+        Ok(true) => Step::Answered {
+            after: if chunked { After::Next } else { After::Close },
+            http10,
+        },
+        Err(_) => Step::Closed,
     }
 }
 
@@ -246,20 +258,31 @@ async fn serve_long_poll(
     direct: &Direct,
     tcp: &Arc<TcpStream>,
     buf: &mut BytesMut,
-    plan: Plan,
+    plan: &Plan,
+    limit: usize,
+    deadline: Instant,
     http10: bool,
 ) -> Step {
     let state = &direct.state;
     let polled = if let [topic] = plan.topics.as_slice() {
-        let mut parking = Parking::join(&direct.lots.polls, topic, tcp, http10, &plan);
-        tokio::select! {
-            polled = long_poll::run(state, &plan, &mut parking) => polled,
-            () = client_gone(tcp, buf) => return Step::Closed,
+        let mut parking = Parking::join(&direct.lots.polls, topic, tcp, http10, plan, limit);
+        let polled = tokio::select! {
+            polled = long_poll::run(state, plan, limit, deadline, &mut parking) => Some(polled),
+            () = client_gone(tcp, buf) => None,
+        };
+        match polled {
+            Some(polled) => polled,
+            // Gone, or sent too much: unless the lot is answering already
+            // (then the answer is finished, as the client may still read).
+            None => match parking.stop().await {
+                Some(answered) => Polled::Answered(answered),
+                None => return Step::Closed,
+            },
         }
     } else {
         let mut watches = state.hub().watches(&plan.topics);
         tokio::select! {
-            polled = long_poll::run(state, &plan, &mut watches) => match polled {
+            polled = long_poll::run(state, plan, limit, deadline, &mut watches) => match polled {
                 Polled::Answer(whole) => Polled::Answer(whole),
                 Polled::Answered(never) => match never {},
             },

@@ -1,7 +1,7 @@
 //! Parked long polls: a direct-path long poll of one topic that finds
 //! nothing waits in the topic's lot ([`super::lot`]); when events arrive,
 //! the lot's task encodes the answer once per distinct (position, limit,
-//! HTTP version, headers) — in practice once — and writes it to every
+//! gap, HTTP version, headers) — in practice once — and writes it to every
 //! parked socket back to back. Each poll's own task runs afterwards, to
 //! carry on with its connection.
 //!
@@ -56,7 +56,7 @@ pub struct Parked {
     /// The poll's position: it is answered with the events after this.
     after: EventId,
     limit: usize,
-    /// Its first read found history missing: the answer says so.
+    /// A read of this poll found history missing: the answer says so.
     gap: bool,
     http10: bool,
     /// Headers its answer carries besides the poll's own.
@@ -236,15 +236,18 @@ fn write_answer(mut tcp: &TcpStream, answer: [Bytes; 2]) -> Delivery {
 /// A long poll of one topic as it waits in its topic's lot: joined before
 /// the loop's first read, parked after each read that found nothing.
 pub struct Parking {
+    /// While parked: the ticket, and where the lot's task says what it did.
+    /// Declared first, so a dropped poll leaves the lot before its
+    /// membership ends.
+    parked: Option<(Ticket, oneshot::Receiver<Delivery>)>,
     lots: Arc<Lots<Polls>>,
     topic: Topic,
     member: Member<Polls>,
     tcp: Arc<TcpStream>,
     http10: bool,
     limit: usize,
+    /// The plan's headers: a parked poll's answer carries them too.
     headers: HeaderMap,
-    /// While parked: the ticket, and where the lot's task says what it did.
-    parked: Option<(Ticket, oneshot::Receiver<Delivery>)>,
 }
 
 /// The lot's write failed: the connection is lost.
@@ -259,16 +262,17 @@ impl Parking {
         tcp: &Arc<TcpStream>,
         http10: bool,
         plan: &Plan,
+        limit: usize,
     ) -> Parking {
         Parking {
+            parked: None,
             member: lots.join(topic),
             lots: Arc::clone(lots),
             topic: topic.clone(),
             tcp: Arc::clone(tcp),
             http10,
-            limit: plan.limit,
+            limit,
             headers: plan.headers.clone(),
-            parked: None,
         }
     }
 
@@ -340,5 +344,130 @@ impl Waiter for Parking {
             return None;
         }
         Self::answered(answer.await.unwrap_or(Delivery::Reread))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::FutureExt;
+    use herald_core::fanout::Fanout;
+    use herald_core::store::NewEvent;
+    use herald_core::store::memory::MemoryStore;
+    use herald_core::{CursorInput, EventType, Retention, Store};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::plan::Mode;
+
+    struct Setup {
+        store: Arc<dyn Store>,
+        lots: Arc<Lots<Polls>>,
+        topic: Topic,
+        server_end: Arc<TcpStream>,
+        client_end: TcpStream,
+        plan: Plan,
+    }
+
+    async fn setup() -> Setup {
+        let retention = Retention {
+            max_events: 100,
+            max_age: None,
+        };
+        let store: Arc<dyn Store> = MemoryStore::new(retention, Fanout::new(64));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client_end = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server_end, _) = listener.accept().await.unwrap();
+        let topic = Topic::new("p").unwrap();
+        let plan = Plan {
+            topics: vec![topic.clone()],
+            cursor: CursorInput::Now,
+            mode: Mode::LongPoll {
+                limit: 10,
+                deadline: tokio::time::Instant::now() + Duration::from_secs(60),
+            },
+            headers: HeaderMap::new(),
+        };
+        Setup {
+            lots: Lots::new(&store),
+            store,
+            topic,
+            server_end: Arc::new(server_end),
+            client_end,
+            plan,
+        }
+    }
+
+    async fn publish(store: &Arc<dyn Store>, topic: &Topic) -> EventId {
+        let new = NewEvent {
+            topic: topic.clone(),
+            kind: EventType::message(),
+            data: "x".into(),
+            idempotency_key: None,
+        };
+        store.append(vec![new]).await.unwrap()[0].event.id
+    }
+
+    /// Reads from `client` until a whole answer (head and `content-length`
+    /// body) is in.
+    async fn read_answer(client: &mut TcpStream) -> String {
+        let mut seen = Vec::new();
+        loop {
+            let text = String::from_utf8_lossy(&seen).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return text;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before a whole answer: {text}");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn at(topic: &Topic) -> Cursor {
+        Cursor {
+            positions: vec![(topic.clone(), EventId::START)],
+        }
+    }
+
+    /// The deadline passes just as the lot's task answers: the lot's answer
+    /// stands, and the poll's own task does not answer again.
+    #[tokio::test]
+    async fn a_poll_stopped_after_the_lot_answered_keeps_that_answer() {
+        let mut s = setup().await;
+        let mut parking = Parking::join(&s.lots, &s.topic, &s.server_end, false, &s.plan, 10);
+        // Parks, and the wait is dropped as the deadline would drop it.
+        assert!(parking.wait(&at(&s.topic), false).now_or_never().is_none());
+        let id = publish(&s.store, &s.topic).await;
+        let answer = read_answer(&mut s.client_end).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.contains(&format!("\"id\":\"{id}\"")), "{answer}");
+        match parking.stop().await {
+            Some(Ok(rest)) => assert!(rest.is_empty()),
+            other => panic!("expected the lot's answer to stand, got {other:?}"),
+        }
+    }
+
+    /// Stopped before any event: the poll leaves the lot, which then
+    /// writes nothing to its socket.
+    #[tokio::test]
+    async fn a_poll_stopped_before_any_event_leaves_the_lot() {
+        let s = setup().await;
+        let mut parking = Parking::join(&s.lots, &s.topic, &s.server_end, false, &s.plan, 10);
+        assert!(parking.wait(&at(&s.topic), false).now_or_never().is_none());
+        assert_eq!(parking.member.lot().lock().waiters.len(), 1);
+        assert!(parking.stop().await.is_none());
+        assert!(parking.member.lot().lock().waiters.is_empty());
     }
 }

@@ -18,7 +18,7 @@ use crate::answer::Whole;
 use crate::error::ApiError;
 use crate::negotiate::{Transport, negotiate};
 use crate::notifications::{NOTIFICATION_COMMENT, NOTIFICATIONS_TOPIC};
-pub use crate::plan::Plan;
+pub use crate::plan::{Mode, Plan, StreamKind};
 use crate::publish::topic;
 use crate::query::Query;
 use crate::request::RequestView;
@@ -64,16 +64,28 @@ pub enum Decision {
 /// Decides a request for `route`: reads its topics, transport, cursor and
 /// limits; answers short polls and errors at once.
 pub async fn decide(state: &AppState, route: Route<'_>, request: &RequestView<'_>) -> Decision {
-    match plan(state, route, request) {
+    match read(state, route, request) {
         Err(e) => Decision::Answer(e.whole()),
-        Ok(plan) if plan.transport == Transport::Poll => {
-            Decision::Answer(poll::page(state, &plan.topics, &plan.cursor, plan.limit).await)
-        }
-        Ok(plan) => Decision::Plan(plan),
+        Ok(Read::ShortPoll {
+            topics,
+            cursor,
+            limit,
+        }) => Decision::Answer(poll::page(state, &topics, &cursor, limit).await),
+        Ok(Read::Plan(plan)) => Decision::Plan(plan),
     }
 }
 
-fn plan(state: &AppState, route: Route<'_>, request: &RequestView<'_>) -> Result<Plan, ApiError> {
+/// What reading a request gives: a short poll to answer now, or a plan.
+enum Read {
+    ShortPoll {
+        topics: Vec<Topic>,
+        cursor: CursorInput,
+        limit: usize,
+    },
+    Plan(Plan),
+}
+
+fn read(state: &AppState, route: Route<'_>, request: &RequestView<'_>) -> Result<Read, ApiError> {
     let query = Query::parse(request.query);
     let topics = match route {
         Route::Topic(segment) => vec![path_topic(segment)?],
@@ -95,28 +107,36 @@ fn plan(state: &AppState, route: Route<'_>, request: &RequestView<'_>) -> Result
         CursorInput::Now
     };
     let cursor = cursor(request.headers, &query, default);
-    let mut limit = 0;
-    let mut deadline = Instant::now();
     let mut headers = HeaderMap::new();
-    match transport {
-        Transport::Poll => limit = poll::limit(&query)?,
-        Transport::LongPoll => {
-            limit = poll::limit(&query)?;
-            deadline += long_poll_timeout(state, &query)?;
+    let mode = match transport {
+        Transport::Poll => {
+            let limit = poll::limit(&query)?;
+            return Ok(Read::ShortPoll {
+                topics,
+                cursor,
+                limit,
+            });
         }
-        Transport::Sse => sse::set_headers(&mut headers),
-        Transport::Stream => stream::set_headers(&mut headers),
-        Transport::WebSocket => {}
-    }
-    Ok(Plan {
+        Transport::LongPoll => Mode::LongPoll {
+            limit: poll::limit(&query)?,
+            deadline: Instant::now() + long_poll_timeout(state, &query)?,
+        },
+        Transport::Sse => {
+            sse::set_headers(&mut headers);
+            Mode::Stream(StreamKind::Sse { comment })
+        }
+        Transport::Stream => {
+            stream::set_headers(&mut headers);
+            Mode::Stream(StreamKind::Ndjson)
+        }
+        Transport::WebSocket => Mode::WebSocket,
+    };
+    Ok(Read::Plan(Plan {
         topics,
         cursor,
-        transport,
-        limit,
-        deadline,
+        mode,
         headers,
-        comment,
-    })
+    }))
 }
 
 /// The cursor a request carries: the `Last-Event-ID` header wins over the

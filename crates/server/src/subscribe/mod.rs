@@ -7,11 +7,10 @@
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::response::{IntoResponse, Response};
-use herald_core::StoreError;
+use herald_core::{CursorInput, StoreError, Topic};
 
 use crate::answer::Whole;
 use crate::error::ApiError;
-use crate::negotiate::Transport;
 use crate::request::{Peer, RequestView};
 use crate::state::AppState;
 use crate::transport::long_poll::{self, Polled};
@@ -21,7 +20,7 @@ use crate::transport::{Outbox, streaming_body, ws};
 
 pub mod decide;
 
-pub use decide::{Decision, Plan, Route, decide, route};
+pub use decide::{Decision, Mode, Plan, Route, StreamKind, decide, route};
 
 /// `GET /topics/{topic}`, `GET /subscribe` and `GET /api/notifications`
 /// through hyper.
@@ -35,7 +34,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
         version: parts.version,
         peer: parts.extensions.get::<Peer>().map(|p| p.0),
     };
-    // The router sends only these two routes here.
+    // The router sends only the subscribe routes here.
     let Some(route) = route(view.path) else {
         return ApiError::NotFound.into_response();
     };
@@ -44,8 +43,8 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
         Decision::Answer(whole) => return whole.into_response(),
         Decision::Plan(plan) => plan,
     };
-    match plan.transport {
-        Transport::WebSocket => {
+    match plan.mode {
+        Mode::WebSocket => {
             let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
                 Ok(upgrade) => upgrade,
                 Err(e) => return ApiError::BadRequest(e.body_text()).into_response(),
@@ -55,32 +54,25 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
                 Err(e) => ApiError::from(e).into_response(),
             }
         }
-        Transport::LongPoll => {
+        Mode::LongPoll { limit, deadline } => {
             let mut watches = state.hub().watches(&plan.topics);
-            match long_poll::run(&state, &plan, &mut watches).await {
+            let polled = long_poll::run(&state, &plan, limit, deadline, &mut watches).await;
+            match polled {
                 Polled::Answer(whole) => whole.into_response(),
                 Polled::Answered(never) => match never {},
             }
         }
-        Transport::Sse | Transport::Stream => {
-            let headers = plan.headers.clone();
-            let body = match open(&state, plan).await {
+        Mode::Stream(kind) => {
+            let body = match open(&state, plan.topics, &plan.cursor, kind).await {
                 Ok(Stream::Sse(outbox)) => streaming_body(*outbox),
                 Ok(Stream::Ndjson(outbox)) => streaming_body(*outbox),
                 Err(whole) => return whole.into_response(),
             };
             let mut response = body.into_response();
-            response.headers_mut().extend(headers);
+            response.headers_mut().extend(plan.headers);
             response
         }
-        Transport::Poll => short_poll_in_a_plan(),
     }
-}
-
-/// A plan never holds a short poll ([`decide`] answers those); should one
-/// reach a stack, it is a bug, answered `500` and logged.
-pub fn short_poll_in_a_plan() -> Response {
-    ApiError::Internal("a short poll reached a stack as a plan".into()).into_response()
 }
 
 /// A stream's outbox, boxed so that it stays small wherever it waits.
@@ -89,25 +81,28 @@ pub enum Stream {
     Ndjson(Box<Outbox<NdjsonEncoder>>),
 }
 
-/// Opens the SSE or NDJSON stream `plan` asks for, or says what to answer
+/// Opens a stream of `topics` from `cursor`, or says what to answer
 /// instead: an SSE client whose store is unavailable is told to come back
 /// (a browser gives up for good on an error status).
-pub async fn open(state: &AppState, plan: Plan) -> Result<Stream, Whole> {
-    let opened = state.hub().subscribe(plan.topics, &plan.cursor).await;
-    match (plan.transport, opened) {
-        (Transport::Sse, Ok(sub)) => {
-            let encoder = SseEncoder {
-                comment: plan.comment,
-            };
+pub async fn open(
+    state: &AppState,
+    topics: Vec<Topic>,
+    cursor: &CursorInput,
+    kind: StreamKind,
+) -> Result<Stream, Whole> {
+    let opened = state.hub().subscribe(topics, cursor).await;
+    match (kind, opened) {
+        (StreamKind::Sse { comment }, Ok(sub)) => {
+            let encoder = SseEncoder { comment };
             Ok(Stream::Sse(Box::new(sse::outbox(state, sub, encoder))))
         }
-        (Transport::Sse, Err(StoreError::Unavailable(why))) => {
+        (StreamKind::Sse { .. }, Err(StoreError::Unavailable(why))) => {
             tracing::warn!(%why, "an SSE client was asked to retry: the store is unavailable");
             Err(sse::retry_later(state))
         }
-        (_, Ok(sub)) => Ok(Stream::Ndjson(Box::new(crate::transport::stream::outbox(
-            sub,
-        )))),
+        (StreamKind::Ndjson, Ok(sub)) => Ok(Stream::Ndjson(Box::new(
+            crate::transport::stream::outbox(sub),
+        ))),
         (_, Err(e)) => Err(ApiError::from(e).whole()),
     }
 }

@@ -4,6 +4,7 @@
 //! `Herald-Cursor` at the deadline).
 
 use herald_core::long_poll::{LongPolled, Waiter};
+use tokio::time::Instant;
 
 use super::{SubscriptionGauge, poll};
 use crate::answer::Whole;
@@ -23,17 +24,17 @@ pub enum Polled<A> {
 
 /// Carries out the long poll `plan` asks for, waiting the way `waiter`
 /// waits (the hub's one long-poll loop, [`herald_core::long_poll`]).
-pub async fn run<W: Waiter>(state: &AppState, plan: &Plan, waiter: &mut W) -> Polled<W::Answered> {
+pub async fn run<W: Waiter>(
+    state: &AppState,
+    plan: &Plan,
+    limit: usize,
+    deadline: Instant,
+    waiter: &mut W,
+) -> Polled<W::Answered> {
     let _gauge = SubscriptionGauge::open(Transport::LongPoll);
     let polled = state
         .hub()
-        .long_poll(
-            &plan.topics,
-            &plan.cursor,
-            plan.limit,
-            plan.deadline,
-            waiter,
-        )
+        .long_poll(&plan.topics, &plan.cursor, limit, deadline, waiter)
         .await;
     match polled {
         Ok(LongPolled::Answer(answer)) => Polled::Answer(poll::answer(&answer, &plan.headers)),

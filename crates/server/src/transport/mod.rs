@@ -79,10 +79,12 @@ pub trait Encode: Send + 'static {
     /// Pushes the bytes for `next` (an event, gap or keep-alive) onto `out`.
     fn encode(&mut self, sub: &Subscription, next: &Next, out: &mut VecDeque<Bytes>);
 
-    /// The bytes of `event` for a caught-up subscriber of its topic alone,
-    /// the same for every such subscriber: what one writer serving many
-    /// streams at once (the direct path's lots) writes to each. `encode`
-    /// gives the same bytes for such a subscriber.
+    /// The bytes of `event` for a caught-up subscriber of its topic alone
+    /// whose encoder is this type's default: the same for every such
+    /// subscriber, so one writer serving many streams at once (the direct
+    /// path's lots) encodes it once and writes it to each. An encoder that
+    /// differs from the default (an SSE comment line per event) may encode
+    /// otherwise; its streams stay out of the lots.
     fn shared(&self, event: &Event) -> Bytes;
 
     /// The keep-alive, as `encode` gives it.
