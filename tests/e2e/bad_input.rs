@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::harness::{Server, client, publish};
+use crate::harness::{Raw, Server, client, publish};
 
 async fn expect_error(r: reqwest::Response, status: u16, code: &str) {
     assert_eq!(r.status(), status);
@@ -196,4 +196,120 @@ async fn every_kind_of_bad_input_is_refused_cleanly() {
             .status(),
         204
     );
+}
+
+/// Bodies must be what a route reads: JSON objects of their shape (serde
+/// would read a struct from an array), JSON no deeper than the parser
+/// reads back; nothing changes on a refusal.
+#[tokio::test]
+async fn json_bodies_must_be_objects_of_their_shape_and_not_too_deep() {
+    let server = Server::start(&[]);
+    let c = client();
+    let json = |body: String| {
+        c.post(server.url("/queues/strict/tasks"))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    expect_error(json(deep).send().await.unwrap(), 400, "bad_request").await;
+    let r = json("{\"n\":1}".into()).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let claim: Value = c
+        .post(server.url("/queues/strict/claim?wait=5"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = claim["task"]["id"].as_str().unwrap().to_owned();
+    let token = claim["lease"]["token"].as_str().unwrap().to_owned();
+    let call = |what: &str, body: &str| {
+        c.post(server.url(&format!("/tasks/{id}/{what}")))
+            .header("Herald-Lease", &token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+    };
+    for (what, body) in [
+        ("progress", "[]"),
+        ("progress", "[0.5,\"m\"]"),
+        ("fail", "[\"boom\",true]"),
+        ("fail", "\"boom\""),
+    ] {
+        expect_error(call(what, body).send().await.unwrap(), 400, "bad_request").await;
+    }
+    let task: Value = c
+        .get(server.url(&format!("/tasks/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(task["status"], "running", "{task}");
+    assert!(task["progress"].is_null(), "{task}");
+    let r = c
+        .post(server.url("/api/notifications"))
+        .body("[\"info\",\"hello\"]")
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 400, "bad_request").await;
+}
+
+/// The shapes that let two parsers disagree about where a request ends
+/// are refused, and nothing is published.
+#[tokio::test]
+async fn ambiguous_request_framing_is_refused() {
+    let server = Server::start(&[]);
+    for framing in [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: gzip, chunked",
+    ] {
+        let mut raw = Raw::request(
+            &server,
+            &format!(
+                "POST /topics/smuggled HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            ),
+        )
+        .await;
+        let text = raw.until("}}").await;
+        assert!(text.starts_with("HTTP/1.1 400 "), "{framing}: {text}");
+        assert!(text.contains("\"code\":\"bad_request\""), "{text}");
+    }
+    // On a connection hyper holds already (after a publish), the router's
+    // layer refuses what hyper lets through.
+    let mut raw = Raw::request(
+        &server,
+        "POST /topics/fine HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi\
+         POST /topics/smuggled HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+         5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let text = raw.until("\"code\":\"bad_request\"").await;
+    assert!(text.starts_with("HTTP/1.1 201 "), "{text}");
+    assert!(text.contains("HTTP/1.1 400 "), "{text}");
+    let r = client()
+        .get(server.url("/topics/smuggled?last-event-id=all"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "nothing was published");
+}
+
+#[tokio::test]
+async fn a_websocket_key_that_is_not_16_bytes_of_base64_is_refused() {
+    let server = Server::start(&[]);
+    for path in ["/topics/ws", "/subscribe?topic=ws"] {
+        let mut raw = Raw::request(
+            &server,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: abc\r\n\r\n"
+            ),
+        )
+        .await;
+        let text = raw.until("}}").await;
+        assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    }
 }

@@ -1,4 +1,5 @@
-//! Reading request bodies under the configured size limit, as UTF-8.
+//! Reading request bodies under the configured size limit, as UTF-8, and
+//! as JSON when a route takes JSON.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
@@ -28,4 +29,62 @@ pub async fn read_text(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         }
     };
     String::from_utf8(bytes.into()).map_err(|_| ApiError::NotUtf8)
+}
+
+/// `text` as JSON, checked once by the parser every later read uses: an
+/// error (`400`) for anything `serde_json` would not read back, over-deep
+/// nesting (past its 128 levels) included.
+pub fn json_value(text: &str) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_str(text)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))
+}
+
+/// `text` as the JSON object `T` (`shape` names it in the error). Only an
+/// object will do: serde would otherwise read a struct from an array.
+pub fn json_object<T: serde::de::DeserializeOwned>(text: &str, shape: &str) -> Result<T, ApiError> {
+    let bad = |why: String| ApiError::BadRequest(format!("expected {shape}: {why}"));
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    if !value.is_object() {
+        return Err(bad("a JSON object".into()));
+    }
+    serde_json::from_value(value).map_err(|e| bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // read by serde
+    struct Shape {
+        error: String,
+        #[serde(default)]
+        retry: bool,
+    }
+
+    #[test]
+    fn only_objects_of_the_shape_are_read() {
+        assert!(json_object::<Shape>(r#"{"error":"boom","retry":true}"#, "x").is_ok());
+        for bad in [
+            r#"["boom",true]"#,
+            "[]",
+            r#""boom""#,
+            "{}",
+            r#"{"error":1}"#,
+            "{",
+        ] {
+            assert!(json_object::<Shape>(bad, "x").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn over_deep_json_is_refused_not_nulled() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(json_value(&deep).is_err());
+        let fine = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(json_value(&fine).is_ok());
+    }
 }

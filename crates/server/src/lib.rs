@@ -10,6 +10,7 @@ mod body;
 mod counter;
 pub mod direct;
 pub mod error;
+mod framing;
 pub mod http1;
 mod listener;
 pub mod negotiate;
@@ -53,6 +54,7 @@ pub fn app(state: AppState) -> Router {
         .route("/tasks/{id}/fail", post(tasks::fail))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(framing::refuse_ambiguous))
         .with_state(state)
 }
 

@@ -41,11 +41,8 @@ pub async fn notify(
     body: Body,
 ) -> Result<&'static str, ApiError> {
     let text = read_text(&headers, body, state.config().max_body).await?;
-    let n: Notification = serde_json::from_str(&text).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "expected {{\"type\": string, \"message\": string}}: {e}"
-        ))
-    })?;
+    let n: Notification =
+        crate::body::json_object(&text, r#"{"type": string, "message": string}"#)?;
     let new = NewEvent {
         topic: notifications_topic()?,
         kind: EventType::new(NOTIFICATION_EVENT).map_err(|e| ApiError::Internal(e.to_string()))?,

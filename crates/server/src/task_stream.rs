@@ -3,7 +3,7 @@
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
-use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -66,11 +66,7 @@ pub async fn events(
     let transport = negotiate(&parts.headers, &query)?;
     let cursor = cursor(&parts.headers, &query, CursorInput::All);
     let upgrade = if transport == Transport::WebSocket {
-        Some(
-            WebSocketUpgrade::from_request_parts(&mut parts, &state)
-                .await
-                .map_err(|e| ApiError::BadRequest(e.body_text()))?,
-        )
+        Some(ws::upgrade_request(&mut parts, &state).await?)
     } else {
         None
     };

@@ -176,6 +176,16 @@ async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut) -> S
             return Step::Closed;
         }
     };
+    if let Err(refused) = crate::framing::check(&head.headers) {
+        // Where this request ends is in doubt: so is the next one.
+        let mut whole = refused.whole();
+        whole.headers.insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        let _ = answered(tcp, head.http10, whole).await;
+        return Step::Closed;
+    }
     if !head.is_plain_get() {
         return Step::Hyper;
     }

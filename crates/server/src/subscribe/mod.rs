@@ -4,8 +4,7 @@
 //! stream's outbox is opened here for both; a long poll runs in
 //! [`crate::transport::long_poll`] for both.
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use herald_core::{CursorInput, StoreError, Topic};
 
@@ -45,9 +44,9 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     };
     match plan.mode {
         Mode::WebSocket => {
-            let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+            let upgrade = match ws::upgrade_request(&mut parts, &state).await {
                 Ok(upgrade) => upgrade,
-                Err(e) => return ApiError::BadRequest(e.body_text()).into_response(),
+                Err(e) => return e.into_response(),
             };
             match state.hub().subscribe(plan.topics, &plan.cursor).await {
                 Ok(sub) => ws::respond(&state, upgrade, sub),

@@ -3,13 +3,16 @@
 
 use std::time::Duration;
 
+use axum::extract::FromRequestParts;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::http::request::Parts;
 use axum::response::Response;
 use bytes::Bytes;
 use herald_core::Subscription;
 use herald_core::subscription::{EndReason, Next};
 
 use super::{Signal, StreamCounters, SubscriptionGauge};
+use crate::error::ApiError;
 use crate::negotiate::Transport;
 use crate::state::AppState;
 
@@ -21,6 +24,35 @@ const MAX_WRITE_BUFFER: usize = 256 * 1024;
 const MAX_MESSAGE: usize = 64 * 1024;
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The upgrade a request asks for, once its handshake checks out: the
+/// extractor's own checks, and a `Sec-WebSocket-Key` that is 16 bytes in
+/// base64 as RFC 6455 § 4.1 requires (the extractor takes any value).
+pub async fn upgrade_request(
+    parts: &mut Parts,
+    state: &AppState,
+) -> Result<WebSocketUpgrade, ApiError> {
+    if let Some(key) = parts.headers.get("sec-websocket-key")
+        && !valid_key(key.as_bytes())
+    {
+        return Err(ApiError::BadRequest(
+            "Sec-WebSocket-Key must be 16 bytes in base64".into(),
+        ));
+    }
+    WebSocketUpgrade::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+/// 16 bytes in base64: 22 characters, the last of which carries two bits
+/// (so it is `A`, `Q`, `g` or `w`), then `==`.
+fn valid_key(key: &[u8]) -> bool {
+    let b64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    key.len() == 24
+        && key[22..] == *b"=="
+        && key[..22].iter().all(b64)
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+}
 
 /// Upgrades the connection with herald's socket settings and runs `serve`
 /// on it, tracked so graceful shutdown waits for its goodbye. Every
@@ -119,5 +151,33 @@ fn text(json: Bytes) -> Message {
         Ok(t) => Message::Text(t),
         // Unreachable: the bytes were encoded from Rust strings.
         Err(_) => Message::Text(Utf8Bytes::from_static("{}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_16_bytes_of_base64() {
+        // RFC 6455's example, and keys of every shape a client sends.
+        for ok in [
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            "AAAAAAAAAAAAAAAAAAAAAA==",
+            "/+/+/+/+/+/+/+/+/+/+/w==",
+        ] {
+            assert!(valid_key(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "abc",
+            "",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25jZQ=",
+            "dGhlIHNhbXBsZSBub25j*Q==",
+            "dGhlIHNhbXBsZSBub25jZQ===",
+        ] {
+            assert!(!valid_key(bad.as_bytes()), "{bad}");
+        }
     }
 }
