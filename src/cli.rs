@@ -42,7 +42,7 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  herald serve --listen 0.0.0.0:7171 --retention-events 10000 --keepalive 20s"
     )]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Publish one event to a topic; prints its id.
     #[command(
         name = "pub",
@@ -221,6 +221,17 @@ pub struct ServeArgs {
     /// with its cursor).
     #[arg(long, env = "HERALD_SUBSCRIBER_BUFFER", default_value_t = 1024)]
     pub subscriber_buffer: usize,
+    /// How long a client may take to send a request head: from connecting,
+    /// or from the head's first byte on a kept-alive connection. Past it, the
+    /// connection is closed (`408` if part of a head came).
+    #[arg(long, env = "HERALD_HEAD_TIMEOUT", default_value = "20s")]
+    pub head_timeout: String,
+    /// How long a kept-alive connection may sit idle between requests.
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT", default_value = "75s")]
+    pub idle_timeout: String,
+    /// How long a request body may take to arrive (`408` past it).
+    #[arg(long, env = "HERALD_BODY_TIMEOUT", default_value = "60s")]
+    pub body_timeout: String,
     /// Log format: `text` or `json`.
     #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -255,6 +266,15 @@ pub struct ServeConfig {
 pub fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
     humantime::parse_duration(text.trim())
         .with_context(|| format!("--{flag}: {text:?} is not a duration like 500ms, 15s or 2h"))
+}
+
+/// A duration of at least a millisecond.
+fn positive(flag: &str, text: &str) -> anyhow::Result<Duration> {
+    let d = duration(flag, text)?;
+    if d < Duration::from_millis(1) {
+        bail!("--{flag} must be at least 1ms");
+    }
+    Ok(d)
 }
 
 /// A duration, or `None` for `off` / `0`.
@@ -323,6 +343,9 @@ impl ServeArgs {
                 retry: duration("retry", &self.retry)?,
                 long_poll_default: Duration::from_secs(30).min(long_poll_max),
                 long_poll_max,
+                head_timeout: positive("head-timeout", &self.head_timeout)?,
+                idle_timeout: positive("idle-timeout", &self.idle_timeout)?,
+                body_timeout: positive("body-timeout", &self.body_timeout)?,
             },
             subscriber_buffer: self.subscriber_buffer,
             json_logs: log_format == "json",

@@ -23,5 +23,6 @@ mod publish;
 mod resources;
 mod sse_wire;
 mod tasks;
+mod timeouts;
 mod transports;
 mod ways_in;

@@ -6,10 +6,17 @@ use axum::http::{HeaderMap, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::error::ApiError;
+use crate::state::ServerConfig;
 
-/// Reads the whole body as text: `413` past `limit` bytes (before reading,
-/// when `Content-Length` already says so), `415` if it is not UTF-8.
-pub async fn read_text(headers: &HeaderMap, body: Body, limit: usize) -> Result<String, ApiError> {
+/// Reads the whole body as text: `413` past the configured size (before
+/// reading, when `Content-Length` already says so), `408` if it does not
+/// arrive within the body timeout, `415` if it is not UTF-8.
+pub async fn read_text(
+    headers: &HeaderMap,
+    body: Body,
+    config: &ServerConfig,
+) -> Result<String, ApiError> {
+    let limit = config.max_body;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -17,7 +24,10 @@ pub async fn read_text(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::TooLarge { limit });
     }
-    let bytes = match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(config.body_timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ApiError::Timeout("the request body did not arrive in time".into()))?;
+    let bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return Err(ApiError::TooLarge { limit });

@@ -31,6 +31,8 @@ pub enum ApiError {
     BadTaskId(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    Timeout(String),
     #[error("topic {0:?} is written by herald itself (tasks.* carry task events)")]
     Reserved(String),
     #[error("method not allowed")]
@@ -51,6 +53,7 @@ impl ApiError {
             | ApiError::BadBatch { .. }
             | ApiError::BadTaskId(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Reserved(_) => StatusCode::FORBIDDEN,
             ApiError::NotUtf8 => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -74,6 +77,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::BadTaskId(_) => "bad_task_id",
             ApiError::Conflict(_) => "conflict",
+            ApiError::Timeout(_) => "timeout",
             ApiError::Reserved(_) => "reserved_topic",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unavailable(_) => "unavailable",

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
@@ -43,10 +43,18 @@ pub async fn serve(
         }
     };
     tokio::pin!(stop);
+    let mut spare = Spare::open();
     loop {
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok((tcp, _)) => {
+                    spare.recovered();
+                    tcp
+                }
+                Err(e) if is_out_of_files(&e) => {
+                    spare.refuse_one(&listener).await;
+                    continue;
+                }
                 Err(e) => {
                     accept_failed(e).await;
                     continue;
@@ -87,18 +95,29 @@ async fn connection(direct: Direct, router: Router, tcp: TcpStream, watcher: Wat
         Outcome::Closed => drop(watcher),
         // Boxed: hyper's connection state is large, and an idle subscriber
         // on the direct path should not carry room for it.
-        Outcome::Handover(io) => Box::pin(hyper_connection(router, io, watcher)).await,
+        Outcome::Handover(io) => {
+            let state = direct.state().clone();
+            Box::pin(hyper_connection(state, router, io, watcher)).await;
+        }
     }
 }
 
 /// Serves the rest of a connection with hyper (HTTP/1 or HTTP/2, upgrades
 /// allowed), ending it gracefully on shutdown. Every request carries the
 /// client's address ([`Peer`]), as the direct path's do.
-async fn hyper_connection(router: Router, io: Rewind, watcher: Watcher) {
+async fn hyper_connection(state: AppState, router: Router, io: Rewind, watcher: Watcher) {
     let peer = io.peer_addr();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // HTTP/2 WebSockets (RFC 8441) need the extended CONNECT protocol.
     builder.http2().enable_connect_protocol();
+    // hyper times the wait for the next head as one span, idle time
+    // included; the direct path read this connection's first head under
+    // its own head timeout.
+    let config = state.config();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.idle_timeout + config.head_timeout);
     let service = router.map_request(move |mut request: Request<_>| {
         if let Some(peer) = peer {
             request.extensions_mut().insert(Peer(peer));
@@ -112,9 +131,84 @@ async fn hyper_connection(router: Router, io: Rewind, watcher: Watcher) {
     }
 }
 
+/// Out of file descriptors: this process's (`EMFILE`) or the system's
+/// (`ENFILE`).
+fn is_out_of_files(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
+
+/// A descriptor held in reserve for the moment the process runs out: let
+/// go of, it makes room to accept one waiting connection and refuse it at
+/// once (`503`, `Retry-After`), instead of leaving it to hang in the
+/// kernel's queue. Logs when the process runs out and when it recovers,
+/// not at every refusal.
+struct Spare {
+    file: Option<std::fs::File>,
+    refused: u64,
+}
+
+/// What a connection gets when no descriptor is free to serve it.
+const OUT_OF_FILES: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\nretry-after: 5\r\nconnection: close\r\n\
+content-length: 95\r\n\r\n\
+{\"error\":{\"code\":\"unavailable\",\"message\":\"the server is at its connection limit; retry later\"}}";
+
+impl Spare {
+    fn open() -> Spare {
+        Spare {
+            file: std::fs::File::open("/dev/null").ok(),
+            refused: 0,
+        }
+    }
+
+    /// Accepts one waiting connection with the spare descriptor's room and
+    /// refuses it; without a spare (it could not be opened again), waits a
+    /// moment so the loop does not spin.
+    async fn refuse_one(&mut self, listener: &TcpListener) {
+        if self.refused == 0 {
+            tracing::error!(
+                "out of file descriptors: refusing new connections with 503 until some close \
+                 (raise the limit: ulimit -n)"
+            );
+        }
+        self.refused += 1;
+        if self.file.take().is_none() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.file = std::fs::File::open("/dev/null").ok();
+            return;
+        }
+        if let Ok(Ok((tcp, _))) =
+            tokio::time::timeout(Duration::from_millis(10), listener.accept()).await
+        {
+            refuse(tcp);
+        }
+        self.file = std::fs::File::open("/dev/null").ok();
+    }
+
+    /// A connection was accepted normally again.
+    fn recovered(&mut self) {
+        if self.refused > 0 {
+            tracing::warn!(refused = self.refused, "accepting connections again");
+            self.refused = 0;
+        }
+    }
+}
+
+/// Answers `503` without reading the request, and closes.
+fn refuse(tcp: TcpStream) {
+    // What the client sent already is read first: closing a socket with
+    // unread bytes resets it, and the client might not see the answer.
+    let mut sink = [0u8; 4096];
+    while matches!(tcp.try_read(&mut sink), Ok(n) if n > 0) {}
+    let _ = tcp.try_write(OUT_OF_FILES);
+    if let Ok(std) = tcp.into_std() {
+        let _ = std.shutdown(std::net::Shutdown::Write);
+    }
+}
+
 /// Accept errors: a connection that failed before it was accepted is not
-/// ours to worry about; anything else (out of file descriptors, mostly)
-/// is logged and waited out, so the loop does not spin.
+/// ours to worry about; anything else is logged and waited out, so the
+/// loop does not spin.
 async fn accept_failed(e: io::Error) {
     if matches!(
         e.kind(),
@@ -126,4 +220,34 @@ async fn accept_failed(e: io::Error) {
     }
     tracing::error!(error = %e, "accept failed");
     tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_a_whole_json_answer() {
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut response = httparse::Response::new(&mut headers);
+        let len = match response.parse(OUT_OF_FILES) {
+            Ok(httparse::Status::Complete(len)) => len,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(response.code, Some(503));
+        let body = &OUT_OF_FILES[len..];
+        let declared = response
+            .headers
+            .iter()
+            .find(|h| h.name == "content-length")
+            .map(|h| {
+                std::str::from_utf8(h.value)
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap()
+            });
+        assert_eq!(declared, Some(body.len()));
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["error"]["code"], "unavailable");
+    }
 }

@@ -40,7 +40,7 @@ pub async fn notify(
     headers: HeaderMap,
     body: Body,
 ) -> Result<&'static str, ApiError> {
-    let text = read_text(&headers, body, state.config().max_body).await?;
+    let text = read_text(&headers, body, state.config()).await?;
     let n: Notification =
         crate::body::json_object(&text, r#"{"type": string, "message": string}"#)?;
     let new = NewEvent {

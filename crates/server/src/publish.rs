@@ -132,7 +132,7 @@ pub async fn one(
     let query = Query::parse(raw.as_deref());
     let kind = event_type(query.get("event"))?;
     let idempotency_key = idempotency_key(&headers)?;
-    let data = read_text(&headers, body, state.config().max_body).await?;
+    let data = read_text(&headers, body, state.config()).await?;
     let new = NewEvent {
         topic,
         kind,
@@ -169,7 +169,7 @@ pub async fn batch(
     body: Body,
 ) -> Result<Response, ApiError> {
     let batch_key = idempotency_key(&headers)?;
-    let text = read_text(&headers, body, state.config().max_body).await?;
+    let text = read_text(&headers, body, state.config()).await?;
     let mut batch = Vec::new();
     for (line, raw) in ndjson::lines(&text) {
         let bad = |reason: String| ApiError::BadBatch { line, reason };

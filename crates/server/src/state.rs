@@ -22,6 +22,14 @@ pub struct ServerConfig {
     pub long_poll_default: Duration,
     /// Longest long-poll timeout a client may ask for; larger asks are capped.
     pub long_poll_max: Duration,
+    /// How long a request head may take to arrive whole, from when the
+    /// server starts waiting for it on a new connection, or from its first
+    /// byte on a kept-alive one.
+    pub head_timeout: Duration,
+    /// How long a kept-alive connection may sit between requests.
+    pub idle_timeout: Duration,
+    /// How long a request body may take to arrive whole.
+    pub body_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -31,6 +39,9 @@ impl Default for ServerConfig {
             retry: Duration::from_secs(3),
             long_poll_default: Duration::from_secs(30),
             long_poll_max: Duration::from_secs(300),
+            head_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(75),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -46,7 +46,7 @@ pub async fn payload(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Payload, ApiError> {
-    let text = read_text(headers, body, state.config().max_body).await?;
+    let text = read_text(headers, body, state.config()).await?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -205,7 +205,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     body: Body,
     shape: &str,
 ) -> Result<T, ApiError> {
-    let text = read_text(headers, body, state.config().max_body).await?;
+    let text = read_text(headers, body, state.config()).await?;
     crate::body::json_object(&text, shape)
 }
 

@@ -82,6 +82,10 @@ impl Direct {
             lots: Arc::new(lots),
         }
     }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
 }
 
 /// How a connection left the direct path.
@@ -119,11 +123,13 @@ pub async fn serve(direct: &Direct, tcp: TcpStream) -> Outcome {
     // are written by their topic's lot.
     let tcp = Arc::new(tcp);
     let mut buf = BytesMut::new();
+    let mut fresh = true;
     loop {
         // Boxed: a connection's future is as large as the largest thing it
         // may await, and an idle subscriber should carry room for its
         // stream only, not for reading a head, a long poll or a store read.
-        let step = Box::pin(request(direct, &tcp, &mut buf)).await;
+        let step = Box::pin(request(direct, &tcp, &mut buf, fresh)).await;
+        fresh = false;
         let (after, http10) = match step {
             Step::Hyper => {
                 // Nothing else holds the socket once a request is over.
@@ -158,8 +164,19 @@ pub async fn serve(direct: &Direct, tcp: TcpStream) -> Outcome {
 
 /// Reads one request head and does what it asks, up to the point where a
 /// stream would start.
-async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut) -> Step {
+async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut, fresh: bool) -> Step {
     let state = &direct.state;
+    let config = state.config();
+    // A kept-alive connection may sit idle for a while; once a head has
+    // begun (or on a new connection, which is opened to send one), it must
+    // arrive whole within the head timeout.
+    let mut idle = !fresh && buf.is_empty();
+    let mut deadline = Instant::now()
+        + if idle {
+            config.idle_timeout
+        } else {
+            config.head_timeout
+        };
     let head = loop {
         if !buf.is_empty() {
             match head::parse(buf) {
@@ -170,20 +187,20 @@ async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut) -> S
         }
         let read = tokio::select! {
             read = socket::read_some(tcp, buf) => read,
+            () = tokio::time::sleep_until(deadline) => return too_slow(tcp, buf).await,
             () = state.shutdown().cancelled() => return Step::Closed,
         };
         if !matches!(read, Ok(n) if n > 0) {
             return Step::Closed;
         }
+        if idle {
+            idle = false;
+            deadline = Instant::now() + config.head_timeout;
+        }
     };
     if let Err(refused) = crate::framing::check(&head.headers) {
         // Where this request ends is in doubt: so is the next one.
-        let mut whole = refused.whole();
-        whole.headers.insert(
-            axum::http::header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
-        let _ = answered(tcp, head.http10, whole).await;
+        let _ = answered(tcp, head.http10, closing(refused.whole())).await;
         return Step::Closed;
     }
     if !head.is_plain_get() {
@@ -308,6 +325,26 @@ async fn serve_long_poll(
         },
         Polled::Answered(Err(park::Lost)) => Step::Closed,
     }
+}
+
+/// The head timeout passed: a connection that sent part of a head is told
+/// (`408`, as hyper would say it, in herald's JSON); one that sent nothing
+/// is closed.
+async fn too_slow(tcp: &TcpStream, buf: &BytesMut) -> Step {
+    if !buf.is_empty() {
+        let refused = ApiError::Timeout("the request head did not arrive in time".into());
+        let _ = answered(tcp, false, closing(refused.whole())).await;
+    }
+    Step::Closed
+}
+
+/// `whole` with `Connection: close`: the last answer on its connection.
+fn closing(mut whole: Whole) -> Whole {
+    whole.headers.insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    whole
 }
 
 /// Writes a whole answer (status, headers, body) as hyper would.
