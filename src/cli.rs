@@ -232,6 +232,11 @@ pub struct ServeArgs {
     /// How long a request body may take to arrive (`408` past it).
     #[arg(long, env = "HERALD_BODY_TIMEOUT", default_value = "60s")]
     pub body_timeout: String,
+    /// How long a client's socket may take nothing of what the server
+    /// writes before the connection is closed: a subscriber that stopped
+    /// reading is cut off after this long (it resumes with its cursor).
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "10s")]
+    pub write_timeout: String,
     /// Log format: `text` or `json`.
     #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -346,6 +351,7 @@ impl ServeArgs {
                 head_timeout: positive("head-timeout", &self.head_timeout)?,
                 idle_timeout: positive("idle-timeout", &self.idle_timeout)?,
                 body_timeout: positive("body-timeout", &self.body_timeout)?,
+                write_timeout: positive("write-timeout", &self.write_timeout)?,
             },
             subscriber_buffer: self.subscriber_buffer,
             json_logs: log_format == "json",

@@ -21,6 +21,7 @@ mod node;
 mod parked;
 mod publish;
 mod resources;
+mod slow;
 mod sse_wire;
 mod tasks;
 mod timeouts;

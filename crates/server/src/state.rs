@@ -30,6 +30,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// How long a request body may take to arrive whole.
     pub body_timeout: Duration,
+    /// How long a socket may take nothing of what the server writes to it
+    /// before the connection is closed (a stream cut off as slow).
+    pub write_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +45,7 @@ impl Default for ServerConfig {
             head_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(75),
             body_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }

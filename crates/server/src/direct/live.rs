@@ -216,6 +216,26 @@ fn framed(chunked: bool, bytes: Bytes) -> Bytes {
     }
 }
 
+/// After a short write of `mine` (one buffer per event), what is left in
+/// `parts`: an event cut mid-frame is finished by the stream's task (its
+/// bytes go to `slot.rest`: a frame cannot be left half-written); the
+/// events not begun are dropped, and the stream reads them again from the
+/// store once its socket drains. A stream whose client stopped reading
+/// holds its position, not a copy of the events it has yet to take.
+/// Returns how many events went out or are finished that way.
+fn keep_partial(parts: &mut VecDeque<Bytes>, mine: &[Bytes], slot: &mut Slot) -> usize {
+    let begun = mine.len() - parts.len();
+    let cut = parts.front().is_some_and(|front| {
+        mine.get(begun)
+            .is_some_and(|whole| front.len() < whole.len())
+    });
+    if cut && let Some(front) = parts.pop_front() {
+        slot.rest.push_back(front);
+        return begun + 1;
+    }
+    begun
+}
+
 /// Writes `parts` without waiting; says whether all went out. Otherwise
 /// what is left (or the failure) is put in `slot` for the stream's task.
 fn write_or_keep(mut tcp: &TcpStream, parts: &mut VecDeque<Bytes>, slot: &mut Slot) -> bool {
@@ -276,12 +296,31 @@ async fn write_all_streams<K: Kind<Waiter = Live>>(
             } else {
                 plain
             };
-            parts.extend(encoded[from..].iter().cloned());
-            delivered.increment((events.len() - from) as u64);
-            slot.pos = newest;
-            let all_written = write_or_keep(&tcp, &mut parts, &mut slot);
+            let mine = &encoded[from..];
+            parts.extend(mine.iter().cloned());
+            let written = write_now(&mut &*tcp, &mut parts);
             drop(tcp);
-            if !all_written {
+            let all = match written {
+                Ok(true) => {
+                    slot.pos = newest;
+                    delivered.increment(mine.len() as u64);
+                    true
+                }
+                Ok(false) => {
+                    let done = keep_partial(&mut parts, mine, &mut slot);
+                    if done > 0 {
+                        slot.pos = events[from + done - 1].id;
+                    }
+                    delivered.increment(done as u64);
+                    false
+                }
+                Err(_) => {
+                    slot.failed = true;
+                    false
+                }
+            };
+            parts.clear();
+            if !all {
                 // The socket is the stream's alone again before it hears.
                 slot.tcp = None;
                 drop(slot);

@@ -86,6 +86,10 @@ impl Direct {
     pub fn state(&self) -> &AppState {
         &self.state
     }
+
+    fn write_timeout(&self) -> std::time::Duration {
+        self.state.config().write_timeout
+    }
 }
 
 /// How a connection left the direct path.
@@ -134,7 +138,10 @@ pub async fn serve(direct: &Direct, tcp: TcpStream) -> Outcome {
             Step::Hyper => {
                 // Nothing else holds the socket once a request is over.
                 return match Arc::try_unwrap(tcp) {
-                    Ok(tcp) => Outcome::Handover(Rewind::new(buf.freeze(), tcp)),
+                    Ok(tcp) => {
+                        let timeout = direct.state.config().write_timeout;
+                        Outcome::Handover(Rewind::new(buf.freeze(), tcp, timeout))
+                    }
                     Err(_) => Outcome::Closed,
                 };
             }
@@ -144,10 +151,19 @@ pub async fn serve(direct: &Direct, tcp: TcpStream) -> Outcome {
                 let (lots, chunked) = (&direct.lots, !http10);
                 let after = match stream {
                     Stream::Sse(mut outbox) => {
-                        write_stream::run(&lots.sse, &tcp, chunked, &mut outbox, &mut buf).await
+                        write_stream::run(direct, &lots.sse, &tcp, chunked, &mut outbox, &mut buf)
+                            .await
                     }
                     Stream::Ndjson(mut outbox) => {
-                        write_stream::run(&lots.ndjson, &tcp, chunked, &mut outbox, &mut buf).await
+                        write_stream::run(
+                            direct,
+                            &lots.ndjson,
+                            &tcp,
+                            chunked,
+                            &mut outbox,
+                            &mut buf,
+                        )
+                        .await
                     }
                 };
                 (after, http10)
@@ -187,7 +203,7 @@ async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut, fres
         }
         let read = tokio::select! {
             read = socket::read_some(tcp, buf) => read,
-            () = tokio::time::sleep_until(deadline) => return too_slow(tcp, buf).await,
+            () = tokio::time::sleep_until(deadline) => return too_slow(direct, tcp, buf).await,
             () = state.shutdown().cancelled() => return Step::Closed,
         };
         if !matches!(read, Ok(n) if n > 0) {
@@ -200,7 +216,7 @@ async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut, fres
     };
     if let Err(refused) = crate::framing::check(&head.headers) {
         // Where this request ends is in doubt: so is the next one.
-        let _ = answered(tcp, head.http10, closing(refused.whole())).await;
+        let _ = answered(direct, tcp, head.http10, closing(refused.whole())).await;
         return Step::Closed;
     }
     if !head.is_plain_get() {
@@ -222,7 +238,7 @@ async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut, fres
     let decision = subscribe::decide(state, route, &head.view(peer)).await;
     drop(head);
     let plan = match decision {
-        Decision::Answer(whole) => return answered(tcp, http10, whole).await,
+        Decision::Answer(whole) => return answered(direct, tcp, http10, whole).await,
         Decision::Plan(plan) => plan,
     };
     match &plan.mode {
@@ -236,7 +252,7 @@ async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut, fres
         // `is_plain_get` leaves every upgrade to hyper.
         Mode::WebSocket => {
             let bug = ApiError::Internal("a WebSocket plan reached the direct path".into());
-            answered(tcp, http10, bug.whole()).await
+            answered(direct, tcp, http10, bug.whole()).await
         }
     }
 }
@@ -259,14 +275,16 @@ async fn open_stream(
     let head = head::response(http10, StatusCode::OK, &plan.headers, framing, &date());
     let mut stream = match subscribe::open(&direct.state, plan.topics, &plan.cursor, kind).await {
         Ok(stream) => stream,
-        Err(whole) => return answered(tcp, http10, whole).await,
+        Err(whole) => return answered(direct, tcp, http10, whole).await,
     };
     let mut out = VecDeque::from([Bytes::from(head)]);
     let mut line = BytesMut::new();
     let written = match &mut stream {
-        Stream::Sse(outbox) => write_stream::flush(tcp, chunked, outbox, &mut out, &mut line).await,
+        Stream::Sse(outbox) => {
+            write_stream::flush(direct, tcp, chunked, outbox, &mut out, &mut line).await
+        }
         Stream::Ndjson(outbox) => {
-            write_stream::flush(tcp, chunked, outbox, &mut out, &mut line).await
+            write_stream::flush(direct, tcp, chunked, outbox, &mut out, &mut line).await
         }
     };
     match written {
@@ -317,10 +335,10 @@ async fn serve_long_poll(
         }
     };
     match polled {
-        Polled::Answer(whole) => answered(tcp, http10, whole).await,
+        Polled::Answer(whole) => answered(direct, tcp, http10, whole).await,
         // The lot wrote the answer but for these bytes.
         Polled::Answered(Ok(mut rest)) => Step::Answered {
-            after: after(socket::write_all(tcp, &mut rest).await),
+            after: after(socket::write_all(tcp, &mut rest, direct.write_timeout()).await),
             http10,
         },
         Polled::Answered(Err(park::Lost)) => Step::Closed,
@@ -330,10 +348,10 @@ async fn serve_long_poll(
 /// The head timeout passed: a connection that sent part of a head is told
 /// (`408`, as hyper would say it, in herald's JSON); one that sent nothing
 /// is closed.
-async fn too_slow(tcp: &TcpStream, buf: &BytesMut) -> Step {
+async fn too_slow(direct: &Direct, tcp: &TcpStream, buf: &BytesMut) -> Step {
     if !buf.is_empty() {
         let refused = ApiError::Timeout("the request head did not arrive in time".into());
-        let _ = answered(tcp, false, closing(refused.whole())).await;
+        let _ = answered(direct, tcp, false, closing(refused.whole())).await;
     }
     Step::Closed
 }
@@ -348,7 +366,7 @@ fn closing(mut whole: Whole) -> Whole {
 }
 
 /// Writes a whole answer (status, headers, body) as hyper would.
-async fn answered(tcp: &TcpStream, http10: bool, whole: Whole) -> Step {
+async fn answered(direct: &Direct, tcp: &TcpStream, http10: bool, whole: Whole) -> Step {
     let Whole {
         status,
         headers,
@@ -366,7 +384,7 @@ async fn answered(tcp: &TcpStream, http10: bool, whole: Whole) -> Step {
         out.push_back(body);
     }
     Step::Answered {
-        after: after(socket::write_all(tcp, &mut out).await),
+        after: after(socket::write_all(tcp, &mut out, direct.write_timeout()).await),
         http10,
     }
 }

@@ -8,10 +8,14 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use std::future::Future;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use crate::http1::write::{TryWrite, write_now};
 
@@ -27,10 +31,18 @@ impl TryWrite for &TcpStream {
 
 /// Writes every buffer of `parts`, in order, with as few syscalls as the
 /// socket allows, waiting for room; `parts` is empty afterwards unless an
-/// error came first.
-pub async fn write_all(mut tcp: &TcpStream, parts: &mut VecDeque<Bytes>) -> io::Result<()> {
+/// error came first. A socket that takes nothing for `timeout` is an error
+/// (`TimedOut`): its client stopped reading.
+pub async fn write_all(
+    mut tcp: &TcpStream,
+    parts: &mut VecDeque<Bytes>,
+    timeout: Duration,
+) -> io::Result<()> {
     while !write_now(&mut tcp, parts)? {
-        tcp.writable().await?;
+        match tokio::time::timeout(timeout, tcp.writable()).await {
+            Ok(ready) => ready?,
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        }
     }
     Ok(())
 }
@@ -55,16 +67,50 @@ pub async fn read_some(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize>
 }
 
 /// A connection with bytes already read from it in front, for hyper to
-/// read first.
+/// read first; its writes fail (`TimedOut`) once the socket has taken
+/// nothing for the write timeout, so hyper closes a connection whose
+/// client stopped reading (hyper has no such timeout of its own).
 #[derive(Debug)]
 pub struct Rewind {
     prefix: Bytes,
     inner: TcpStream,
+    write_timeout: Duration,
+    /// Running while a write waits for room.
+    stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl Rewind {
-    pub fn new(prefix: Bytes, inner: TcpStream) -> Rewind {
-        Rewind { prefix, inner }
+    pub fn new(prefix: Bytes, inner: TcpStream, write_timeout: Duration) -> Rewind {
+        Rewind {
+            prefix,
+            inner,
+            write_timeout,
+            stalled: None,
+        }
+    }
+
+    /// What a write came to, minding the timeout: a pending write starts
+    /// (or goes on waiting on) the timer, any progress stops it.
+    fn timed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.write_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.stalled = None;
+                Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     /// The client's address, if the socket still knows it.
@@ -95,7 +141,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.timed(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -103,7 +150,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.timed(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {

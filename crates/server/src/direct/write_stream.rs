@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use super::live::{self, Held, Streams};
 use super::lot::Lots;
-use super::{After, client_gone, socket};
+use super::{After, Direct, client_gone, socket};
 use crate::http1::chunk;
 use crate::transport::{Encode, Outbox};
 
@@ -19,6 +19,7 @@ use crate::transport::{Encode, Outbox};
 /// and then what `outbox` has queued, framed: one write. `Ok(true)` once
 /// the stream has ended (its last chunk written).
 pub(super) async fn flush<E: Encode>(
+    direct: &Direct,
     tcp: &TcpStream,
     chunked: bool,
     outbox: &mut Outbox<E>,
@@ -34,13 +35,14 @@ pub(super) async fn flush<E: Encode>(
     if finished && chunked {
         out.push_back(Bytes::from_static(chunk::LAST));
     }
-    socket::write_all(tcp, out).await?;
+    socket::write_all(tcp, out, direct.write_timeout()).await?;
     Ok(finished)
 }
 
 /// Carries on a stream whose head and opening bytes are written, until it
 /// ends or the client goes. Everything waiting goes out in one write.
 pub(super) async fn run<E: Encode + Default + PartialEq>(
+    direct: &Direct,
     lots: &Arc<Lots<Streams<E>>>,
     tcp: &Arc<TcpStream>,
     chunked: bool,
@@ -73,8 +75,15 @@ pub(super) async fn run<E: Encode + Default + PartialEq>(
                 () = client_gone(tcp, buf) => return After::Close,
             }
         }
-        match flush(tcp, chunked, outbox, &mut out, &mut line).await {
-            Err(_) => return After::Close,
+        match flush(direct, tcp, chunked, outbox, &mut out, &mut line).await {
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    // Its client stopped reading: cut off, as SPEC says of
+                    // a subscriber too slow to keep up.
+                    outbox.cut_off_as_slow();
+                }
+                return After::Close;
+            }
             Ok(false) => {}
             Ok(true) if chunked => return After::Next,
             Ok(true) => return After::Close,

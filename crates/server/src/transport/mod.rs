@@ -191,6 +191,17 @@ impl<E: Encode> Outbox<E> {
         self.take(next);
     }
 
+    /// The writer gave up on the client (it stopped reading): counted as a
+    /// subscriber cut off for being slow.
+    pub fn cut_off_as_slow(&mut self) {
+        // Once: a stream that already ended (cut off by its ring, say) is
+        // not counted again when its last write fails too.
+        if !self.ended {
+            self.ended = true;
+            self.counters.ended(&EndReason::Slow, self.transport);
+        }
+    }
+
     /// Nothing queued and nothing more to come.
     pub fn is_finished(&self) -> bool {
         self.ended && self.queue.is_empty()
