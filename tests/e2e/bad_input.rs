@@ -313,3 +313,32 @@ async fn a_websocket_key_that_is_not_16_bytes_of_base64_is_refused() {
         assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
     }
 }
+
+/// What hyper would answer with an empty body — a head that is not HTTP/1,
+/// a head over 16 KiB — is answered in the same JSON as every other error,
+/// and the connection closed.
+#[tokio::test]
+async fn heads_the_server_cannot_read_get_json_errors() {
+    let server = Server::start(&[]);
+    let big = format!(
+        "GET /topics/a HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "y".repeat(17 * 1024)
+    );
+    for (head, status, code) in [
+        ("GARBAGE\r\n\r\n".to_owned(), "400", "bad_request"),
+        (
+            "GET /topics/a HTTP/1.1\r\nbad header\r\n\r\n".to_owned(),
+            "400",
+            "bad_request",
+        ),
+        (big, "431", "head_too_large"),
+    ] {
+        let mut raw = Raw::request(&server, &head).await;
+        let text = raw.read_to_close().await;
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        assert!(text.contains("content-type: application/json"), "{text}");
+        assert!(text.contains(&format!("\"code\":\"{code}\"")), "{text}");
+    }
+    let healthy = client().get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(healthy.status(), 200);
+}

@@ -33,6 +33,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Timeout(String),
+    #[error("the request head is larger than 16 KiB")]
+    HeadTooLarge,
     #[error("topic {0:?} is written by herald itself (tasks.* carry task events)")]
     Reserved(String),
     #[error("method not allowed")]
@@ -54,6 +56,7 @@ impl ApiError {
             | ApiError::BadTaskId(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Reserved(_) => StatusCode::FORBIDDEN,
             ApiError::NotUtf8 => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::BadTaskId(_) => "bad_task_id",
             ApiError::Conflict(_) => "conflict",
             ApiError::Timeout(_) => "timeout",
+            ApiError::HeadTooLarge => "head_too_large",
             ApiError::Reserved(_) => "reserved_topic",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unavailable(_) => "unavailable",

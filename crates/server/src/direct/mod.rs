@@ -198,7 +198,14 @@ async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut, fres
             match head::parse(buf) {
                 Parsed::Head(head) => break head,
                 Parsed::Partial if buf.len() < MAX_HEAD => {}
-                Parsed::Partial | Parsed::Foreign => return Step::Hyper,
+                // Answered in herald's JSON, which hyper's own answers to
+                // these lack.
+                Parsed::Partial => return refuse(direct, tcp, ApiError::HeadTooLarge).await,
+                Parsed::Malformed => {
+                    let bad = ApiError::BadRequest("this is not an HTTP/1 request head".into());
+                    return refuse(direct, tcp, bad).await;
+                }
+                Parsed::Foreign => return Step::Hyper,
             }
         }
         let read = tokio::select! {
@@ -215,9 +222,7 @@ async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut, fres
         }
     };
     if let Err(refused) = crate::framing::check(&head.headers) {
-        // Where this request ends is in doubt: so is the next one.
-        let _ = answered(direct, tcp, head.http10, closing(refused.whole())).await;
-        return Step::Closed;
+        return refuse(direct, tcp, refused).await;
     }
     if !head.is_plain_get() {
         return Step::Hyper;
@@ -349,10 +354,18 @@ async fn serve_long_poll(
 /// (`408`, as hyper would say it, in herald's JSON); one that sent nothing
 /// is closed.
 async fn too_slow(direct: &Direct, tcp: &TcpStream, buf: &BytesMut) -> Step {
-    if !buf.is_empty() {
-        let refused = ApiError::Timeout("the request head did not arrive in time".into());
-        let _ = answered(direct, tcp, false, closing(refused.whole())).await;
+    if buf.is_empty() {
+        return Step::Closed;
     }
+    let late = ApiError::Timeout("the request head did not arrive in time".into());
+    refuse(direct, tcp, late).await
+}
+
+/// Answers a head the server will not read on, and closes the connection:
+/// where that request ends, and so where the next begins, is unknown.
+async fn refuse(direct: &Direct, tcp: &TcpStream, why: ApiError) -> Step {
+    let _ = answered(direct, tcp, false, closing(why.whole())).await;
+    socket::linger(tcp).await;
     Step::Closed
 }
 

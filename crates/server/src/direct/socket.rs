@@ -47,6 +47,33 @@ pub async fn write_all(
     Ok(())
 }
 
+/// How long, and how much, a connection closed on a refusal is read and
+/// thrown away before it is closed.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Ends the server's side of a connection it refused, then reads and drops
+/// what the client still sends, for a moment: closing a socket with unread
+/// bytes resets it, and the client might lose the answer it was sent.
+pub async fn linger(tcp: &TcpStream) {
+    let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut drained = 0;
+    let mut sink = [0u8; 4096];
+    while drained < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, tcp.readable()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
+        match tcp.try_read(&mut sink) {
+            Ok(0) => return,
+            Ok(n) => drained += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Waits until the peer sends something, then appends what is there (up to
 /// [`READ_CHUNK`]) to `buf`. `Ok(0)` is the end of the stream. The read
 /// goes through the stack, so `buf` grows by what arrived and a quiet

@@ -32,9 +32,15 @@ pub enum Parsed {
     Head(RequestHead),
     /// Not a whole head yet.
     Partial,
-    /// Not something the direct path reads; hyper will answer it.
+    /// Not something the direct path reads; hyper will answer it (HTTP/2's
+    /// preface, more headers than the direct path reads).
     Foreign,
+    /// Not an HTTP/1 request head at all: answered `400` and closed.
+    Malformed,
 }
+
+/// How an HTTP/2 connection with prior knowledge begins.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 /// Parses the request head at the start of `buf`.
 pub fn parse(buf: &[u8]) -> Parsed {
@@ -43,7 +49,9 @@ pub fn parse(buf: &[u8]) -> Parsed {
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Foreign,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Foreign,
+        Err(_) if buf.starts_with(H2_PREFACE) => return Parsed::Foreign,
+        Err(_) => return Parsed::Malformed,
     };
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Parsed::Foreign;
@@ -241,10 +249,17 @@ mod tests {
             parse(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
             Parsed::Foreign
         ));
-        assert!(matches!(
-            parse(b"GET /\x01 HTTP/1.1\r\n\r\n"),
-            Parsed::Foreign
-        ));
+        for malformed in [
+            &b"GET /\x01 HTTP/1.1\r\n\r\n"[..],
+            b"GARBAGE\r\n\r\n",
+            b"GET / HTTP/9.9\r\n\r\n",
+            b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(malformed), Parsed::Malformed),
+                "{malformed:?}"
+            );
+        }
         for raw in [
             "POST /topics/a HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
             "GET /topics/a HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
