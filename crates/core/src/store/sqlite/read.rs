@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
+use tokio::sync::Semaphore;
 
 use super::schema;
 use crate::error::StoreError;
@@ -12,48 +13,71 @@ use crate::event::{Event, EventId};
 use crate::name::{EventType, Topic};
 use crate::store::{Page, ReadFrom};
 
-/// Idle reader connections, reused so reads do not pay for opening files.
+/// A fixed number of reader connections, reused so reads do not pay for
+/// opening files. Reads beyond that many wait their turn without a thread:
+/// two thousand clients catching up at once cost a queue, not two thousand
+/// threads and connections.
 #[derive(Debug)]
 pub struct Readers {
     dir: PathBuf,
     /// A std mutex held only to push or pop a connection.
     idle: Mutex<Vec<Connection>>,
+    /// One permit per read running on the blocking pool.
+    turns: Arc<Semaphore>,
 }
-
-/// Reader connections kept open when idle.
-const MAX_IDLE: usize = 8;
 
 impl Readers {
     pub fn new(dir: PathBuf) -> Arc<Readers> {
+        Readers::with_limit(dir, reader_limit())
+    }
+
+    fn with_limit(dir: PathBuf, limit: usize) -> Arc<Readers> {
         Arc::new(Readers {
             dir,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Vec::with_capacity(limit)),
+            turns: Arc::new(Semaphore::new(limit)),
         })
     }
 
-    /// Runs `f` on a reader connection, on the blocking thread pool.
+    /// Runs `f` on a reader connection, on the blocking thread pool, once a
+    /// turn is free.
     pub async fn with<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        // Owned and moved into the read: if this future is dropped, the
+        // turn stays taken until the read itself is done.
+        let turn = Arc::clone(&self.turns)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Internal("the reader pool is closed".into()))?;
         let readers = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        let read = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let pooled = readers.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let mut conn = match pooled {
                 Some(c) => c,
                 None => schema::open_reader(&readers.dir)?,
             };
             let out = f(&mut conn);
-            let mut idle = readers.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < MAX_IDLE {
-                idle.push(conn);
-            }
+            // At most one connection per turn is ever open.
+            readers
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
             out
-        })
-        .await
-        .map_err(|e| StoreError::Internal(format!("a read task failed: {e}")))?
+        });
+        read.await
+            .map_err(|e| StoreError::Internal(format!("a read task failed: {e}")))?
     }
+}
+
+/// Reads run at once: two per core, at least four (a read may wait on the
+/// disk rather than the CPU).
+fn reader_limit() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| (2 * n.get()).max(4))
 }
 
 /// A topic's bookkeeping row.
@@ -163,4 +187,53 @@ pub fn read(
         (None, None) => before_oldest,
     };
     Ok(Page { events, gap, next })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Reads past the limit wait for a turn: no more connections (and
+    /// blocking threads) than turns, however many reads are asked for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_beyond_the_limit_wait_their_turn() {
+        let dir = std::env::temp_dir().join(format!("herald-readers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        drop(schema::open_writer(&dir, None).unwrap());
+        let readers = Readers::with_limit(dir.clone(), 3);
+        let (entered_tx, entered) = mpsc::channel::<()>();
+        let (release, release_rx) = tokio::sync::broadcast::channel::<()>(1);
+        let mut reads = Vec::new();
+        for _ in 0..10 {
+            let (readers, entered_tx) = (Arc::clone(&readers), entered_tx.clone());
+            let mut release_rx = release.subscribe();
+            reads.push(tokio::spawn(async move {
+                readers
+                    .with(move |_| {
+                        entered_tx.send(()).unwrap();
+                        // Held in the read until the test lets go.
+                        let _ = release_rx.blocking_recv();
+                        Ok(())
+                    })
+                    .await
+            }));
+        }
+        drop(release_rx);
+        for _ in 0..3 {
+            entered.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        // Three reads hold their turns; the seven others hold nothing.
+        assert_eq!(readers.turns.available_permits(), 0);
+        assert!(entered.try_recv().is_err());
+        release.send(()).unwrap();
+        for read in reads {
+            read.await.unwrap().unwrap();
+        }
+        assert_eq!(entered.try_iter().count(), 7);
+        assert!(readers.idle.lock().unwrap().len() <= 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
