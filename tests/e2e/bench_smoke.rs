@@ -78,6 +78,23 @@ fn the_load_driver_runs_every_mode_and_loses_nothing() {
     assert_eq!(lp["errors"], 0, "{lp}");
 }
 
+/// Subscribers that stop reading beside ones that read everything: the
+/// mode runs, and the readers lose nothing.
+#[test]
+fn the_load_driver_runs_stuck_subscribers_beside_fast_ones() {
+    let server = Server::start(&["--write-timeout", "200ms"]);
+    let stuck = run(
+        &server,
+        &[
+            "stuck", "--stuck", "20", "--fast", "2", "--events", "400", "--size", "16384",
+            "--settle", "10",
+        ],
+    );
+    assert_eq!(stuck["fast_lost"], 0, "{stuck}");
+    assert_eq!(stuck["fast_dups"], 0, "{stuck}");
+    assert_eq!(stuck["fast_out_of_order"], 0, "{stuck}");
+}
+
 #[test]
 fn the_load_driver_measures_publish_throughput() {
     let server = Server::start(&[]);

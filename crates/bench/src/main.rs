@@ -28,6 +28,7 @@ mod publish;
 mod publish_rate;
 mod report;
 mod stamp;
+mod stuck;
 mod subscriber;
 mod tasks;
 
@@ -41,8 +42,8 @@ use crate::net::Target;
 #[command(
     name = "herald-bench",
     about = "Load driver for a running herald: idle subscribers, fan-out, many topics, \
-             parked long polls, publish throughput, the task cycle; and the kernel's own \
-             fan-out floor, with no server",
+             parked long polls, publish throughput, the task cycle, subscribers that stop \
+             reading; and the kernel's own fan-out floor, with no server",
     after_help = "The store is whatever the server was started with: start a memory-store \
                   or a file-store server to measure either. Pin the server and the driver \
                   to different cores, e.g.\n  \
@@ -50,6 +51,7 @@ use crate::net::Target;
                   taskset -c 1 herald-bench --server-pid $(pgrep -n herald) fanout --subs 1000 --events 20000\n  \
                   taskset -c 1 herald-bench --server-pid $(pgrep -n herald) publish --publishers 64\n  \
                   taskset -c 1 herald-bench --server-pid $(pgrep -n herald) tasks --workers 16\n  \
+                  taskset -c 1 herald-bench --server-pid $(pgrep -n herald) stuck --stuck 2000 --events 50000\n  \
                   taskset -c 1 herald-bench floor --subs 1000   (no server: the sender on core 0)\n\n\
                   `cargo bench --bench publish` and `cargo bench --bench tasks` measure the \
                   same with a server of their own, over every store."
@@ -145,6 +147,37 @@ enum Mode {
         #[arg(long, default_value_t = 256)]
         waiters: usize,
     },
+    /// Issue 14: S subscribers that stop reading (4 KiB receive buffer)
+    /// beside F that read everything, on one topic, and M events of
+    /// `--size` bytes: what the stuck ones cost the others and the
+    /// server's memory, and when the server cuts them off.
+    Stuck {
+        /// Subscribers that read the head and the preamble, then never
+        /// again (HTTP/1.1, `SO_RCVBUF` 4 KiB).
+        #[arg(long)]
+        stuck: usize,
+        /// Subscribers that read everything and check it, as fan-out's do.
+        #[arg(long, default_value_t = 4)]
+        fast: usize,
+        #[arg(long)]
+        events: usize,
+        /// Bytes of data per event.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Events per second in all (paced); without it, as fast as possible.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Concurrent publishers (each one keep-alive connection).
+        #[arg(long, default_value_t = 4)]
+        publishers: usize,
+        /// How long to wait after the last publish for the fast subscribers
+        /// to get everything, in seconds.
+        #[arg(long, default_value_t = 30.0)]
+        settle: f64,
+        /// The topic.
+        #[arg(long, default_value = "stuck")]
+        topic: String,
+    },
     /// The kernel's fan-out floor, no herald involved: µs per write and
     /// round start → arrival latency over N loopback TCP pairs.
     ///
@@ -182,6 +215,13 @@ impl Mode {
             Mode::Tasks {
                 workers, waiters, ..
             } => workers + waiters + 2,
+            // The subscribers', the publishers' and two for /metrics.
+            Mode::Stuck {
+                stuck,
+                fast,
+                publishers,
+                ..
+            } => stuck + fast + publishers + 2,
             // Both ends of every pair live in this process.
             Mode::Floor { subs, .. } => 2 * subs,
         }
@@ -300,6 +340,30 @@ async fn run(cli: Cli, nofile: u64) -> bool {
                 queue,
             };
             tasks::tasks(&t, load).await
+        }
+        Mode::Stuck {
+            stuck,
+            fast,
+            events,
+            size,
+            rate,
+            publishers,
+            settle,
+            topic,
+        } => {
+            let load = stuck::Load {
+                topic,
+                stuck,
+                fast,
+                events,
+                size,
+                publish: PublishArgs {
+                    rate,
+                    publishers,
+                    drain_secs: settle,
+                },
+            };
+            stuck::stuck(&t, load, concurrency).await
         }
         Mode::Floor { .. } => unreachable!("the floor returned above"),
     };

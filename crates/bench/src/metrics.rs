@@ -8,23 +8,41 @@ use crate::net::Target;
 
 /// The whole `/metrics` page.
 async fn metrics_text(client: &reqwest::Client, t: &Target) -> String {
+    try_metrics_text(client, t).await.expect("GET /metrics")
+}
+
+/// The whole `/metrics` page, or why it could not be had.
+async fn try_metrics_text(client: &reqwest::Client, t: &Target) -> reqwest::Result<String> {
     client
         .get(format!("{}/metrics", t.base))
         .send()
-        .await
-        .expect("GET /metrics")
+        .await?
         .text()
         .await
-        .expect("metrics body")
 }
 
-/// The value of one series (`name{labels}`) from `/metrics`, 0 if absent.
-pub async fn metric(client: &reqwest::Client, t: &Target, series: &str) -> f64 {
-    let text = metrics_text(client, t).await;
+/// The value of one series (`name{labels}`) in a `/metrics` page, 0 if
+/// absent.
+fn series_value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// The value of one series (`name{labels}`) from `/metrics`, 0 if absent.
+pub async fn metric(client: &reqwest::Client, t: &Target, series: &str) -> f64 {
+    series_value(&metrics_text(client, t).await, series)
+}
+
+/// [`metric`] for a driver that polls while the server is under load: a
+/// failed fetch is an error to count, not a reason to stop.
+pub async fn try_metric(
+    client: &reqwest::Client,
+    t: &Target,
+    series: &str,
+) -> reqwest::Result<f64> {
+    Ok(series_value(&try_metrics_text(client, t).await?, series))
 }
 
 /// Polls `/metrics` until `series` satisfies `ok`, at most `limit`. Returns

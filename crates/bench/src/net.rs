@@ -55,12 +55,21 @@ static NEXT_SOURCE: AtomicUsize = AtomicUsize::new(0);
 /// default) towards one server port; 249 of them multiply that. A failed
 /// connect is retried twice, 100 ms apart, before it counts as an error.
 pub async fn connect(t: &Target) -> std::io::Result<TcpStream> {
+    connect_with(t, None).await
+}
+
+/// [`connect`], with `SO_RCVBUF` set to `rcvbuf` bytes before the connect
+/// when given, so the window the server sees is small from the handshake on.
+pub async fn connect_with(t: &Target, rcvbuf: Option<u32>) -> std::io::Result<TcpStream> {
     let mut last = None;
     for attempt in 0..3 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let sock = TcpSocket::new_v4()?;
+        if let Some(bytes) = rcvbuf {
+            sock.set_recv_buffer_size(bytes)?;
+        }
         if t.addr.ip().is_loopback() {
             let n = NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % 249;
             let src = Ipv4Addr::new(127, 0, 0, 2 + n as u8);
@@ -109,6 +118,15 @@ pub async fn open_sse(
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).await?;
+    let body = read_preamble(&mut s, path).await?;
+    Ok((s, body))
+}
+
+/// Reads an SSE answer's head (it must be a `200`) and its body up to the
+/// `: herald` preamble. Returns the body bytes read so far (preamble
+/// included, and whatever came after it in the same reads): the raw event
+/// stream over HTTP/1.0, its chunks over HTTP/1.1.
+pub async fn read_preamble(s: &mut TcpStream, path: &str) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 2048];
     let mut body_at = None;
@@ -136,7 +154,7 @@ pub async fn open_sse(
         if let Some(b) = body_at
             && find(&buf[b..], b": herald").is_some()
         {
-            return Ok((s, buf.split_off(b)));
+            return Ok(buf.split_off(b));
         }
     }
 }

@@ -35,12 +35,33 @@ pub fn cpu_secs(pid: &str) -> Option<f64> {
     Some((utime + stime) / clk_tck())
 }
 
+/// The number after `field` (e.g. `"VmRSS:"`) in `/proc/PID/status`.
+fn status_field(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// VmRSS in bytes.
 pub fn rss_bytes(pid: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    Some(status_field(pid, "VmRSS:")? * 1024)
+}
+
+/// The process's thread count.
+pub fn threads(pid: &str) -> Option<u64> {
+    status_field(pid, "Threads:")
+}
+
+/// Memory the kernel holds for TCP sockets, system-wide (`mem` on the
+/// `TCP:` line of `/proc/net/sockstat`, in pages), in bytes: what the send
+/// queues of subscribers that do not read cost, which no RSS shows.
+pub fn tcp_mem_bytes() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = line.split_whitespace();
+    it.find(|w| *w == "mem")?;
+    let pages: u64 = it.next()?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 /// `--server-pid`, set once at start so every mode can read it without

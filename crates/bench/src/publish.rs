@@ -12,8 +12,8 @@ use crate::PublishArgs;
 use crate::net::{Target, http};
 use crate::report::new_hist;
 
-/// Bytes of event data per publish.
-const BODY_LEN: usize = 100;
+/// Bytes of event data per publish, unless a mode asks for another size.
+pub const BODY_LEN: usize = 100;
 
 /// Wall-clock microseconds: the send time in a body, compared by a receiver
 /// on the same host (an `Instant` cannot travel through the server).
@@ -27,9 +27,15 @@ pub fn epoch_us() -> u64 {
 /// `"{ts} {seq} xxx…"`, 100 bytes: a receiver gets latency from `ts` and
 /// checks loss, duplicates and order from `seq` without asking the server.
 pub fn publish_body(seq: u64) -> String {
+    sized_body(seq, BODY_LEN)
+}
+
+/// The same body padded to `len` bytes (or just the stamp and sequence
+/// number, if `len` is shorter than they are).
+pub fn sized_body(seq: u64, len: usize) -> String {
     let mut body = format!("{} {seq} ", epoch_us());
-    while body.len() < BODY_LEN {
-        body.push('x');
+    if body.len() < len {
+        body.extend(std::iter::repeat_n('x', len - body.len()));
     }
     body
 }
@@ -61,6 +67,18 @@ pub async fn publish_all(
     p: PublishArgs,
     first_publish: Instant,
 ) -> Published {
+    publish_sized(t, topics, events, p, first_publish, BODY_LEN).await
+}
+
+/// [`publish_all`] with bodies of `body_len` bytes.
+pub async fn publish_sized(
+    t: &Target,
+    topics: Vec<String>,
+    events: usize,
+    p: PublishArgs,
+    first_publish: Instant,
+    body_len: usize,
+) -> Published {
     let next = Arc::new(AtomicUsize::new(0));
     let topics = Arc::new(topics);
     let mut pubs = Vec::new();
@@ -73,6 +91,7 @@ pub async fn publish_all(
             events,
             p.rate,
             first_publish,
+            body_len,
         )));
     }
     let mut errors = 0;
@@ -94,6 +113,7 @@ async fn publisher(
     events: usize,
     rate: Option<f64>,
     first_publish: Instant,
+    body_len: usize,
 ) -> (u64, Histogram<u64>) {
     let nt = topics.len();
     let client = http();
@@ -112,7 +132,7 @@ async fn publisher(
         let sent = Instant::now();
         let r = client
             .post(format!("{}/topics/{}", t.base, topics[j]))
-            .body(publish_body(seq))
+            .body(sized_body(seq, body_len))
             .send()
             .await;
         match r {
