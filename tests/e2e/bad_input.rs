@@ -342,3 +342,43 @@ async fn heads_the_server_cannot_read_get_json_errors() {
     let healthy = client().get(server.url("/healthz")).send().await.unwrap();
     assert_eq!(healthy.status(), 200);
 }
+
+/// Opens a WebSocket on a raw socket, sends `frame`, and returns the close
+/// code of the first frame the server sends back.
+async fn close_code_for(server: &Server, frame: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = Raw::request(
+        server,
+        "GET /topics/frames HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    let head = raw.until("\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    raw.stream.write_all(frame).await.unwrap();
+    let mut seen = raw.seen.split_off(head.find("\r\n\r\n").unwrap() + 4);
+    let mut buf = [0u8; 512];
+    while seen.len() < 4 {
+        let n = tokio::time::timeout(crate::harness::PATIENCE, raw.stream.read(&mut buf))
+            .await
+            .expect("a close frame")
+            .unwrap();
+        assert!(n > 0, "closed without a close frame");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(seen[0], 0x88, "a close frame: {seen:?}");
+    u16::from_be_bytes([seen[2], seen[3]])
+}
+
+#[tokio::test]
+async fn websocket_frames_the_server_will_not_read_get_their_close_codes() {
+    let server = Server::start(&[]);
+    // A masked text frame announcing 1 MiB: over the 64 KiB message cap.
+    let mut big = vec![0x81, 0xFF];
+    big.extend_from_slice(&(1u64 << 20).to_be_bytes());
+    big.extend_from_slice(&[1, 2, 3, 4]);
+    assert_eq!(close_code_for(&server, &big).await, 1009);
+    // RSV1 set with no extension agreed: a protocol error.
+    let broken = [0xC1, 0x80, 1, 2, 3, 4];
+    assert_eq!(close_code_for(&server, &broken).await, 1002);
+}

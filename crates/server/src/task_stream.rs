@@ -187,7 +187,8 @@ async fn run_socket(mut socket: WebSocket, mut feed: Feed) {
     loop {
         let item = tokio::select! {
             incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(Message::Close(_))) | None => return,
+                Some(Err(e)) => return ws::refuse_frame(&mut socket, e).await,
                 Some(Ok(_)) => continue,
             },
             item = feed.next() => item,

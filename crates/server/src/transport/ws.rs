@@ -78,6 +78,22 @@ where
         })
 }
 
+/// A client sent what the socket would not read: a message over
+/// [`MAX_MESSAGE`] is closed with 1009, a broken frame with 1002, text that
+/// is not UTF-8 with 1007, as RFC 6455 § 7.4.1 says; the connection ends.
+pub async fn refuse_frame(socket: &mut WebSocket, error: axum::Error) {
+    use tungstenite::Error as Ws;
+    let inner = error.into_inner();
+    let (code, why) = match inner.downcast_ref::<Ws>() {
+        Some(Ws::Capacity(_)) => (close_code::SIZE, "message too big"),
+        Some(Ws::Protocol(_)) => (close_code::PROTOCOL, "protocol error"),
+        Some(Ws::Utf8(_)) => (close_code::INVALID, "text is not UTF-8"),
+        // The connection itself failed: nobody to tell.
+        _ => return,
+    };
+    close(socket, code, why).await;
+}
+
 /// Sends a close frame, giving a stuck peer at most [`CLOSE_TIMEOUT`].
 pub async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
     let close = Message::Close(Some(CloseFrame {
@@ -99,7 +115,8 @@ async fn run(mut socket: WebSocket, mut sub: Subscription) {
         let next = tokio::select! {
             incoming = socket.recv() => match incoming {
                 // Pings are answered by the socket itself; text is ignored.
-                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(Message::Close(_))) | None => return,
+                Some(Err(e)) => return refuse_frame(&mut socket, e).await,
                 Some(Ok(_)) => continue,
             },
             next = sub.next() => next,
