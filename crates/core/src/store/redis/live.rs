@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use super::{RedisStore, parse_id};
+use crate::error::StoreError;
 use crate::event::{Event, EventId};
 use crate::name::{EventType, Topic};
 use crate::store::{ReadFrom, Store};
@@ -49,7 +50,17 @@ pub async fn run(store: Weak<RedisStore>, first: redis::aio::PubSub) {
                 if connected_before {
                     tracing::info!("redis live feed is back; catching up");
                     let Some(s) = store.upgrade() else { return };
-                    resync(&s).await;
+                    if let Err(e) = resync(&s).await {
+                        // Redis may answer before it can serve reads (it
+                        // says LOADING while it reads its data back): try
+                        // the whole catch-up again after a pause, from what
+                        // was handed out so far.
+                        tracing::warn!(error = %e, "catching up after a redis outage failed; retrying");
+                        drop(pubsub);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
                 }
                 connected_before = true;
                 backoff = Duration::from_millis(100);
@@ -108,7 +119,7 @@ fn on_signal(store: &RedisStore, payload: &[u8]) {
 /// delivered for it. A watched topic it has read nothing of has no
 /// subscriber past its first read (that read catches up by itself), only
 /// waiters that look at the store when woken: they get its newest event.
-async fn resync(store: &RedisStore) {
+async fn resync(store: &RedisStore) -> Result<(), StoreError> {
     let watched = store.fanout.watched();
     let known: HashMap<Topic, EventId> = {
         let mut seen = store.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -116,27 +127,21 @@ async fn resync(store: &RedisStore) {
         seen.clone()
     };
     for topic in watched.iter().filter(|t| !known.contains_key(*t)) {
-        match store.newest(topic).await {
-            Ok(Some(event)) => store.fanout.send(&[Arc::new(event)]),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, topic = %topic, "waking waiters after a redis outage failed")
-            }
+        if let Some(event) = store.newest(topic).await? {
+            store.saw(topic, event.id);
+            store.fanout.send(&[Arc::new(event)]);
         }
     }
     for (topic, after) in known {
         let mut from = ReadFrom::After(after);
         loop {
-            let page = match store.read(&topic, from, 500).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, topic = %topic, "catching up after a redis outage failed");
-                    break;
-                }
-            };
+            let page = store.read(&topic, from, 500).await?;
             let Some(last) = page.events.last().map(|e| e.id) else {
                 break;
             };
+            // Noted as handed out, so a retry after a failure further on
+            // starts here (and subscribers drop what they already have).
+            store.saw(&topic, last);
             store.fanout.send(&page.events);
             from = ReadFrom::After(last);
         }
@@ -146,4 +151,5 @@ async fn resync(store: &RedisStore) {
         queue: String::new(),
         work: true,
     });
+    Ok(())
 }
