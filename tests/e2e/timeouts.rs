@@ -31,7 +31,7 @@ async fn idle_kept_alive_connections_are_closed_on_both_stacks() {
     // Read by the direct path.
     let mut direct = Raw::request(
         &server,
-        "GET /topics/idle?transport=poll HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /topics/quiet?transport=poll HTTP/1.1\r\nHost: x\r\n\r\n",
     )
     .await;
     // Held by hyper after a publish.
