@@ -78,6 +78,29 @@ fn the_load_driver_runs_every_mode_and_loses_nothing() {
     assert_eq!(lp["errors"], 0, "{lp}");
 }
 
+/// Many clients catching up on one topic's history at once: each gets it
+/// all, once and in order.
+#[test]
+fn the_load_driver_runs_a_reconnect_storm() {
+    let server = Server::start(&[]);
+    let storm = run(
+        &server,
+        &[
+            "storm",
+            "--clients",
+            "20",
+            "--history",
+            "50",
+            "--size",
+            "256",
+        ],
+    );
+    assert_eq!(storm["served"], 20, "{storm}");
+    assert_eq!(storm["lost"], 0, "{storm}");
+    assert_eq!(storm["dups"], 0, "{storm}");
+    assert_eq!(storm["out_of_order"], 0, "{storm}");
+}
+
 /// Subscribers that stop reading beside ones that read everything: the
 /// mode runs, and the readers lose nothing.
 #[test]

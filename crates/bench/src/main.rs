@@ -28,6 +28,7 @@ mod publish;
 mod publish_rate;
 mod report;
 mod stamp;
+mod storm;
 mod stuck;
 mod subscriber;
 mod tasks;
@@ -43,7 +44,8 @@ use crate::net::Target;
     name = "herald-bench",
     about = "Load driver for a running herald: idle subscribers, fan-out, many topics, \
              parked long polls, publish throughput, the task cycle, subscribers that stop \
-             reading; and the kernel's own fan-out floor, with no server",
+             reading, a reconnect storm replaying a topic's history; and the kernel's own \
+             fan-out floor, with no server",
     after_help = "The store is whatever the server was started with: start a memory-store \
                   or a file-store server to measure either. Pin the server and the driver \
                   to different cores, e.g.\n  \
@@ -52,6 +54,7 @@ use crate::net::Target;
                   taskset -c 1 herald-bench --server-pid $(pgrep -n herald) publish --publishers 64\n  \
                   taskset -c 1 herald-bench --server-pid $(pgrep -n herald) tasks --workers 16\n  \
                   taskset -c 1 herald-bench --server-pid $(pgrep -n herald) stuck --stuck 2000 --events 50000\n  \
+                  taskset -c 1 herald-bench --server-pid $(pgrep -n herald) storm --clients 2000 --history 1000\n  \
                   taskset -c 1 herald-bench floor --subs 1000   (no server: the sender on core 0)\n\n\
                   `cargo bench --bench publish` and `cargo bench --bench tasks` measure the \
                   same with a server of their own, over every store."
@@ -69,9 +72,10 @@ struct Cli {
     /// Connections being opened at the same time (the rest wait their turn).
     /// Keep it under the server's listen backlog (herald's is 128), or a
     /// burst overflows the accept queue and those clients wait 1 s for a SYN
-    /// retransmit.
-    #[arg(long, global = true, default_value_t = 100)]
-    connect_concurrency: usize,
+    /// retransmit. Default 100; `storm`'s is every client at once, since
+    /// the burst is what it measures.
+    #[arg(long, global = true)]
+    connect_concurrency: Option<usize>,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -178,6 +182,35 @@ enum Mode {
         #[arg(long, default_value = "stuck")]
         topic: String,
     },
+    /// Issue 14: a topic holding H events of `--size` bytes, then N SSE
+    /// subscribers at once (HTTP/1.1, `Last-Event-ID: all`), each reading
+    /// the whole history: time to serve them all, every event once and in
+    /// order, and the server's peak and remaining memory and its threads.
+    Storm {
+        /// Subscribers arriving together (`--connect-concurrency` limits
+        /// how many connect at a time; by default all of them).
+        #[arg(long)]
+        clients: usize,
+        /// Events published before the storm; every client reads them
+        /// all. Keep it within the server's `--retention-events` (1000 by
+        /// default), and the topic empty before the run.
+        #[arg(long)]
+        history: usize,
+        /// Bytes of data per event.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Concurrent publishers of the history (each one keep-alive
+        /// connection), as fast as they go.
+        #[arg(long, default_value_t = 4)]
+        publishers: usize,
+        /// Seconds from the first connect after which the clients still
+        /// missing events give up (and count as not served).
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
+        /// The topic.
+        #[arg(long, default_value = "storm")]
+        topic: String,
+    },
     /// The kernel's fan-out floor, no herald involved: µs per write and
     /// round start → arrival latency over N loopback TCP pairs.
     ///
@@ -222,6 +255,12 @@ impl Mode {
                 publishers,
                 ..
             } => stuck + fast + publishers + 2,
+            // The clients', the publishers' and two for /metrics.
+            Mode::Storm {
+                clients,
+                publishers,
+                ..
+            } => clients + publishers + 2,
             // Both ends of every pair live in this process.
             Mode::Floor { subs, .. } => 2 * subs,
         }
@@ -282,7 +321,7 @@ async fn run(cli: Cli, nofile: u64) -> bool {
         return ok;
     }
     let t = Target::resolve(&cli.url).await;
-    let concurrency = cli.connect_concurrency;
+    let concurrency = cli.connect_concurrency.unwrap_or(100);
     let (v, ok) = match cli.mode {
         Mode::Idle { conns, ws } => idle::idle(&t, conns, ws, concurrency).await,
         Mode::Fanout {
@@ -364,6 +403,25 @@ async fn run(cli: Cli, nofile: u64) -> bool {
                 },
             };
             stuck::stuck(&t, load, concurrency).await
+        }
+        Mode::Storm {
+            clients,
+            history,
+            size,
+            publishers,
+            timeout,
+            topic,
+        } => {
+            let load = storm::Load {
+                topic,
+                clients,
+                history,
+                size,
+                publishers,
+                timeout: std::time::Duration::from_secs_f64(timeout),
+            };
+            let concurrency = cli.connect_concurrency.unwrap_or(clients);
+            storm::storm(&t, load, concurrency).await
         }
         Mode::Floor { .. } => unreachable!("the floor returned above"),
     };

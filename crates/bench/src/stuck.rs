@@ -37,7 +37,7 @@ const RELEASE_LIMIT: Duration = Duration::from_secs(30);
 const DROPPED: &str = "herald_subscribers_dropped_total";
 
 /// Open SSE subscriptions.
-const SSE_GAUGE: &str = "herald_subscriptions{transport=\"sse\"}";
+pub(crate) const SSE_GAUGE: &str = "herald_subscriptions{transport=\"sse\"}";
 
 /// What a run is asked to do.
 pub struct Load {
@@ -256,11 +256,11 @@ struct Watch {
 
 /// What the watch saw.
 #[derive(Default, Clone, Copy)]
-struct Samples {
-    rss_peak: Option<u64>,
-    threads_peak: Option<u64>,
+pub(crate) struct Samples {
+    pub(crate) rss_peak: Option<u64>,
+    pub(crate) threads_peak: Option<u64>,
     /// System-wide TCP socket memory (see [`procfs::tcp_mem_bytes`]).
-    tcp_mem_peak: Option<u64>,
+    pub(crate) tcp_mem_peak: Option<u64>,
     /// Subscribers cut off during the run (fast ones that were cut too
     /// count here; their reconnects say how many).
     dropped: u64,
@@ -268,7 +268,7 @@ struct Samples {
     first_cut: Option<Duration>,
     /// First publish → `dropped` reached the number of stuck subscribers.
     cut_all: Option<Duration>,
-    metric_errors: u64,
+    pub(crate) metric_errors: u64,
 }
 
 impl Watch {
@@ -322,7 +322,7 @@ impl Watch {
 
 /// Samples the server's RSS and threads (with `--server-pid`) and the
 /// kernel's TCP memory until `stop`.
-async fn proc_peaks(pid: Option<String>, mut stop: watch::Receiver<bool>) -> Samples {
+pub(crate) async fn proc_peaks(pid: Option<String>, mut stop: watch::Receiver<bool>) -> Samples {
     let mut s = Samples::default();
     loop {
         if let Some(pid) = pid.as_deref() {
@@ -349,7 +349,11 @@ async fn stopped(stop: &mut watch::Receiver<bool>) -> bool {
 
 /// Polls the SSE gauge until it is back to `gauge0`: the time it took, or
 /// None if it did not within [`RELEASE_LIMIT`] (or `/metrics` failed).
-async fn wait_released(client: &reqwest::Client, t: &Target, gauge0: f64) -> Option<Duration> {
+pub(crate) async fn wait_released(
+    client: &reqwest::Client,
+    t: &Target,
+    gauge0: f64,
+) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() <= RELEASE_LIMIT {
         if try_metric(client, t, SSE_GAUGE).await.ok()? <= gauge0 {

@@ -85,7 +85,7 @@ pub struct Shared {
 
 /// herald's ids are `MS-SEQ`; clients should not parse them, but a bench
 /// may, to check order. Anything else is not compared.
-fn id_key(id: &str) -> Option<(u64, u64)> {
+pub fn id_key(id: &str) -> Option<(u64, u64)> {
     let (a, b) = id.split_once('-')?;
     Some((a.parse().ok()?, b.parse().ok()?))
 }
