@@ -24,7 +24,7 @@ use crate::procfs::{self, CpuMark, server_pid};
 use crate::publish::{Published, parse_body, publish_sized};
 use crate::report::{latency_json, new_hist, round};
 use crate::stuck::{SSE_GAUGE, Samples, proc_peaks, wait_released};
-use crate::subscriber::id_key;
+use crate::subscriber::{Taken, Tally, next_order};
 
 /// Times a client reconnects (the server closed its stream early) before
 /// it gives up.
@@ -402,21 +402,15 @@ impl Dechunk {
     }
 }
 
-/// What a client remembers to judge each event: the sequence numbers it
-/// has (once each) and the last id (which only goes up).
+/// What a client remembers to judge each event.
 struct Check {
-    expected: u64,
-    /// One bit per sequence number received.
-    seen: Vec<u64>,
-    last_key: Option<(u64, u64)>,
+    tally: Tally,
 }
 
 impl Check {
     fn new(expected: u64) -> Check {
         Check {
-            expected,
-            seen: vec![0u64; (expected as usize).div_ceil(64)],
-            last_key: None,
+            tally: Tally::new(expected),
         }
     }
 
@@ -435,23 +429,14 @@ impl Check {
                 st.unexpected += 1;
                 continue;
             };
-            if seq >= self.expected {
-                st.unexpected += 1;
-                continue;
-            }
-            let (w, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
-            if self.seen[w] & bit != 0 {
-                st.duplicates += 1;
-                continue;
-            }
-            self.seen[w] |= bit;
-            st.received += 1;
-            st.order = st.order.wrapping_mul(1_000_003).wrapping_add(seq + 1);
-            if let Some(k) = id.as_deref().and_then(id_key) {
-                if self.last_key.is_some_and(|l| k <= l) {
-                    st.out_of_order += 1;
+            match self.tally.take(seq, id.as_deref()) {
+                Taken::Unexpected => st.unexpected += 1,
+                Taken::Duplicate => st.duplicates += 1,
+                Taken::New { out_of_order } => {
+                    st.received += 1;
+                    st.order = next_order(st.order, seq);
+                    st.out_of_order += u64::from(out_of_order);
                 }
-                self.last_key = Some(k);
             }
         }
     }

@@ -193,13 +193,61 @@ async fn resume(
     }
 }
 
+/// Which of a run's events a subscriber has had: one bit per sequence
+/// number, and the id of the last new one (ids only go up).
+pub struct Tally {
+    expected: u64,
+    seen: Vec<u64>,
+    last_key: Option<(u64, u64)>,
+}
+
+/// What one event was to a [`Tally`].
+pub enum Taken {
+    /// Its sequence number is not one the run published.
+    Unexpected,
+    Duplicate,
+    /// First seen; `out_of_order` when its id is not above the last one's.
+    New {
+        out_of_order: bool,
+    },
+}
+
+impl Tally {
+    pub fn new(expected: u64) -> Tally {
+        Tally {
+            expected,
+            seen: vec![0u64; (expected as usize).div_ceil(64)],
+            last_key: None,
+        }
+    }
+
+    /// Notes the event numbered `seq` with `id`.
+    pub fn take(&mut self, seq: u64, id: Option<&str>) -> Taken {
+        if seq >= self.expected {
+            return Taken::Unexpected;
+        }
+        let (w, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+        if self.seen[w] & bit != 0 {
+            return Taken::Duplicate;
+        }
+        self.seen[w] |= bit;
+        let mut out_of_order = false;
+        if let Some(k) = id.and_then(id_key) {
+            out_of_order = self.last_key.is_some_and(|l| k <= l);
+            self.last_key = Some(k);
+        }
+        Taken::New { out_of_order }
+    }
+}
+
+/// The rolling hash of the order of sequence numbers, one more taken.
+pub fn next_order(order: u64, seq: u64) -> u64 {
+    order.wrapping_mul(1_000_003).wrapping_add(seq + 1)
+}
+
 /// What a subscriber remembers to judge each event.
 struct Check {
-    expected: u64,
-    /// One bit per sequence number received.
-    seen: Vec<u64>,
-    /// The id of the last new event, to see ids go backwards.
-    last_key: Option<(u64, u64)>,
+    tally: Tally,
     /// Latencies (arrival, read) not yet in the shared histograms: they are
     /// locked once per read, not once per event.
     lats: Vec<(u64, u64)>,
@@ -208,9 +256,7 @@ struct Check {
 impl Check {
     fn new(expected: u64) -> Check {
         Check {
-            expected,
-            seen: vec![0u64; (expected as usize).div_ceil(64)],
-            last_key: None,
+            tally: Tally::new(expected),
             lats: Vec::with_capacity(64),
         }
     }
@@ -234,25 +280,16 @@ impl Check {
                 continue;
             };
             self.lats.push(Latencies::pair(ts, arrived, now_us));
-            if seq >= self.expected {
-                st.unexpected += 1;
-                continue;
-            }
-            let (w, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
-            if self.seen[w] & bit != 0 {
-                st.duplicates += 1;
-                continue;
-            }
-            self.seen[w] |= bit;
-            st.received += 1;
-            st.order = st.order.wrapping_mul(1_000_003).wrapping_add(seq + 1);
-            if let Some(k) = id.as_deref().and_then(id_key) {
-                if self.last_key.is_some_and(|l| k <= l) {
-                    st.out_of_order += 1;
+            match self.tally.take(seq, id.as_deref()) {
+                Taken::Unexpected => st.unexpected += 1,
+                Taken::Duplicate => st.duplicates += 1,
+                Taken::New { out_of_order } => {
+                    st.received += 1;
+                    st.order = next_order(st.order, seq);
+                    st.out_of_order += u64::from(out_of_order);
+                    st.last_rx = Some(now);
                 }
-                self.last_key = Some(k);
             }
-            st.last_rx = Some(now);
         }
     }
 
