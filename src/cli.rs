@@ -223,7 +223,9 @@ pub struct ServeArgs {
     pub subscriber_buffer: usize,
     /// How long a client may take to send a request head: from connecting,
     /// or from the head's first byte on a kept-alive connection. Past it, the
-    /// connection is closed (`408` if part of a head came).
+    /// connection is closed (`408` first if part of a head came). On a
+    /// connection hyper serves (after a publish, say) the wait for the next
+    /// head is timed as idle + head, and closed without a `408`.
     #[arg(long, env = "HERALD_HEAD_TIMEOUT", default_value = "20s")]
     pub head_timeout: String,
     /// How long a kept-alive connection may sit idle between requests.

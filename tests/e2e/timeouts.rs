@@ -16,7 +16,7 @@ const QUICK: [&str; 4] = ["--head-timeout", "1s", "--idle-timeout", "300ms"];
 
 #[tokio::test]
 async fn half_a_head_gets_408_and_silence_gets_closed() {
-    let server = Server::start(&["--head-timeout", "300ms"]);
+    let server = Server::start(&["--head-timeout", "1s"]);
     let mut half = Raw::request(&server, "GET /topics/a HTT").await;
     let mut silent = Raw::request(&server, "").await;
     let text = half.read_to_close().await;

@@ -74,15 +74,37 @@ impl Hub {
         deadline: Instant,
         waiter: &mut W,
     ) -> Result<LongPolled<W::Answered>, StoreError> {
-        let store = self.store();
+        let starts = self.resolve(topics, cursor).await?;
+        self.long_poll_from(starts, limit, deadline, waiter).await
+    }
+
+    /// Where a long poll of `topics` from `cursor` starts, `now` resolved
+    /// to each topic's head: what [`Hub::long_poll_from`] takes. Resolve
+    /// after the waiter is built, so nothing after the heads is missed.
+    pub async fn resolve(
+        &self,
+        topics: &[Topic],
+        cursor: &CursorInput,
+    ) -> Result<Vec<(Topic, Start)>, StoreError> {
         let mut starts = Vec::with_capacity(topics.len());
         for t in topics {
             let start = match cursor.start_for(t) {
-                Start::Head => Start::After(store.head(t).await?),
+                Start::Head => Start::After(self.store().head(t).await?),
                 other => other,
             };
             starts.push((t.clone(), start));
         }
+        Ok(starts)
+    }
+
+    /// [`Hub::long_poll`] from positions already [resolved](Hub::resolve).
+    pub async fn long_poll_from<W: Waiter>(
+        &self,
+        mut starts: Vec<(Topic, Start)>,
+        limit: usize,
+        deadline: Instant,
+        waiter: &mut W,
+    ) -> Result<LongPolled<W::Answered>, StoreError> {
         let shutdown = self.heartbeat().shutdown().clone();
         let mut gap = false;
         loop {

@@ -216,24 +216,36 @@ fn framed(chunked: bool, bytes: Bytes) -> Bytes {
     }
 }
 
+/// Most bytes of a batch the lot leaves a stream it hands back: enough
+/// that a reader whose socket was full for a moment carries on from them,
+/// little enough that thousands of clients that stopped reading hold
+/// little between them (the bytes are shared with every other stream).
+const REST_CAP: usize = 64 * 1024;
+
 /// After a short write of `mine` (one buffer per event), what is left in
-/// `parts`: an event cut mid-frame is finished by the stream's task (its
-/// bytes go to `slot.rest`: a frame cannot be left half-written); the
-/// events not begun are dropped, and the stream reads them again from the
-/// store once its socket drains. A stream whose client stopped reading
-/// holds its position, not a copy of the events it has yet to take.
-/// Returns how many events went out or are finished that way.
+/// `parts`: an event cut mid-frame is always finished by the stream's task
+/// (a frame cannot be left half-written), and whole events after it up to
+/// [`REST_CAP`]; the rest are dropped, and the stream reads them again
+/// from the store once its socket drains. A stream whose client stopped
+/// reading holds its position and a bounded remainder, not the batch.
+/// Returns how many events went out or are left to the stream's task.
 fn keep_partial(parts: &mut VecDeque<Bytes>, mine: &[Bytes], slot: &mut Slot) -> usize {
     let begun = mine.len() - parts.len();
-    let cut = parts.front().is_some_and(|front| {
-        mine.get(begun)
-            .is_some_and(|whole| front.len() < whole.len())
-    });
-    if cut && let Some(front) = parts.pop_front() {
-        slot.rest.push_back(front);
-        return begun + 1;
+    let mut kept = 0;
+    let mut bytes = 0;
+    for (i, part) in parts.drain(..).enumerate() {
+        let cut = i == 0
+            && mine
+                .get(begun)
+                .is_some_and(|whole| part.len() < whole.len());
+        if !cut && bytes + part.len() > REST_CAP {
+            break;
+        }
+        bytes += part.len();
+        slot.rest.push_back(part);
+        kept += 1;
     }
-    begun
+    begun + kept
 }
 
 /// Writes `parts` without waiting; says whether all went out. Otherwise

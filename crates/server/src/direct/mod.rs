@@ -182,44 +182,9 @@ pub async fn serve(direct: &Direct, tcp: TcpStream) -> Outcome {
 /// stream would start.
 async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut, fresh: bool) -> Step {
     let state = &direct.state;
-    let config = state.config();
-    // A kept-alive connection may sit idle for a while; once a head has
-    // begun (or on a new connection, which is opened to send one), it must
-    // arrive whole within the head timeout.
-    let mut idle = !fresh && buf.is_empty();
-    let mut deadline = Instant::now()
-        + if idle {
-            config.idle_timeout
-        } else {
-            config.head_timeout
-        };
-    let head = loop {
-        if !buf.is_empty() {
-            match head::parse(buf) {
-                Parsed::Head(head) => break head,
-                Parsed::Partial if buf.len() < MAX_HEAD => {}
-                // Answered in herald's JSON, which hyper's own answers to
-                // these lack.
-                Parsed::Partial => return refuse(direct, tcp, ApiError::HeadTooLarge).await,
-                Parsed::Malformed => {
-                    let bad = ApiError::BadRequest("this is not an HTTP/1 request head".into());
-                    return refuse(direct, tcp, bad).await;
-                }
-                Parsed::Foreign => return Step::Hyper,
-            }
-        }
-        let read = tokio::select! {
-            read = socket::read_some(tcp, buf) => read,
-            () = tokio::time::sleep_until(deadline) => return too_slow(direct, tcp, buf).await,
-            () = state.shutdown().cancelled() => return Step::Closed,
-        };
-        if !matches!(read, Ok(n) if n > 0) {
-            return Step::Closed;
-        }
-        if idle {
-            idle = false;
-            deadline = Instant::now() + config.head_timeout;
-        }
+    let head = match read_head(direct, tcp, buf, fresh).await {
+        Ok(head) => head,
+        Err(step) => return step,
     };
     if let Err(refused) = crate::framing::check(&head.headers) {
         return refuse(direct, tcp, refused).await;
@@ -299,6 +264,55 @@ async fn open_stream(
             http10,
         },
         Err(_) => Step::Closed,
+    }
+}
+
+/// Reads until a whole request head is in `buf`; or says what became of
+/// the connection instead (hyper's to serve, refused, timed out, closed).
+async fn read_head(
+    direct: &Direct,
+    tcp: &TcpStream,
+    buf: &mut BytesMut,
+    fresh: bool,
+) -> Result<head::RequestHead, Step> {
+    let config = direct.state.config();
+    // A kept-alive connection may sit idle for a while; once a head has
+    // begun (or on a new connection, which is opened to send one), it must
+    // arrive whole within the head timeout.
+    let mut idle = !fresh && buf.is_empty();
+    let mut deadline = Instant::now()
+        + if idle {
+            config.idle_timeout
+        } else {
+            config.head_timeout
+        };
+    loop {
+        if !buf.is_empty() {
+            match head::parse(buf) {
+                Parsed::Head(head) => return Ok(head),
+                Parsed::Partial if buf.len() < MAX_HEAD => {}
+                // Answered in herald's JSON, which hyper's own answers to
+                // these lack.
+                Parsed::Partial => return Err(refuse(direct, tcp, ApiError::HeadTooLarge).await),
+                Parsed::Malformed => {
+                    let bad = ApiError::BadRequest("this is not an HTTP/1 request head".into());
+                    return Err(refuse(direct, tcp, bad).await);
+                }
+                Parsed::Foreign => return Err(Step::Hyper),
+            }
+        }
+        let read = tokio::select! {
+            read = socket::read_some(tcp, buf) => read,
+            () = tokio::time::sleep_until(deadline) => return Err(too_slow(direct, tcp, buf).await),
+            () = direct.state.shutdown().cancelled() => return Err(Step::Closed),
+        };
+        if !matches!(read, Ok(n) if n > 0) {
+            return Err(Step::Closed);
+        }
+        if idle {
+            idle = false;
+            deadline = Instant::now() + config.head_timeout;
+        }
     }
 }
 

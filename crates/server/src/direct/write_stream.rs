@@ -17,7 +17,8 @@ use crate::transport::{Encode, Outbox};
 
 /// Writes `out` (what is left of earlier writes, or the stream's head)
 /// and then what `outbox` has queued, framed: one write. `Ok(true)` once
-/// the stream has ended (its last chunk written).
+/// the stream has ended (its last chunk written). A socket that takes
+/// nothing for the write timeout cuts the stream off as slow.
 pub(super) async fn flush<E: Encode>(
     direct: &Direct,
     tcp: &TcpStream,
@@ -35,7 +36,14 @@ pub(super) async fn flush<E: Encode>(
     if finished && chunked {
         out.push_back(Bytes::from_static(chunk::LAST));
     }
-    socket::write_all(tcp, out, direct.write_timeout()).await?;
+    if let Err(e) = socket::write_all(tcp, out, direct.write_timeout()).await {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            // Its client stopped reading: cut off, as SPEC says of a
+            // subscriber too slow to keep up.
+            outbox.cut_off_as_slow();
+        }
+        return Err(e);
+    }
     Ok(finished)
 }
 
@@ -76,14 +84,7 @@ pub(super) async fn run<E: Encode + Default + PartialEq>(
             }
         }
         match flush(direct, tcp, chunked, outbox, &mut out, &mut line).await {
-            Err(e) => {
-                if e.kind() == std::io::ErrorKind::TimedOut {
-                    // Its client stopped reading: cut off, as SPEC says of
-                    // a subscriber too slow to keep up.
-                    outbox.cut_off_as_slow();
-                }
-                return After::Close;
-            }
+            Err(_) => return After::Close,
             Ok(false) => {}
             Ok(true) if chunked => return After::Next,
             Ok(true) => return After::Close,

@@ -50,7 +50,14 @@ pub fn parse(buf: &[u8]) -> Parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(httparse::Error::TooManyHeaders) => return Parsed::Foreign,
-        Err(_) if buf.starts_with(H2_PREFACE) => return Parsed::Foreign,
+        // The preface, or as much of it as has come (httparse refuses
+        // `HTTP/2` before the rest arrives).
+        Err(_)
+            if buf[..buf.len().min(H2_PREFACE.len())]
+                == H2_PREFACE[..buf.len().min(H2_PREFACE.len())] =>
+        {
+            return Parsed::Foreign;
+        }
         Err(_) => return Parsed::Malformed,
     };
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
@@ -245,10 +252,15 @@ mod tests {
 
     #[test]
     fn leaves_what_it_does_not_answer_to_hyper() {
-        assert!(matches!(
-            parse(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
-            Parsed::Foreign
-        ));
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        for cut in 1..=preface.len() {
+            let parsed = parse(&preface[..cut]);
+            assert!(
+                matches!(parsed, Parsed::Foreign | Parsed::Partial),
+                "cut {cut}: {parsed:?}"
+            );
+        }
+        assert!(matches!(parse(preface), Parsed::Foreign));
         for malformed in [
             &b"GET /\x01 HTTP/1.1\r\n\r\n"[..],
             b"GARBAGE\r\n\r\n",

@@ -114,6 +114,21 @@ fn on_signal(store: &RedisStore, payload: &[u8]) {
     });
 }
 
+/// A read of `topic` during a catch-up: an outage (`Unavailable`) fails the
+/// catch-up, to be tried again; anything else — a key that is not what
+/// herald wrote, say — will not heal by waiting, so that topic is skipped
+/// (logged) and the others carry on.
+fn skip_broken<T>(topic: &Topic, read: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
+    match read {
+        Ok(v) => Ok(Some(v)),
+        Err(e @ StoreError::Unavailable(_)) => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, topic = %topic, "catching up after a redis outage skipped a topic");
+            Ok(None)
+        }
+    }
+}
+
 /// Hands out, for every topic this node serves, what was stored while the
 /// feed was down: after the newest id the node had read, pinned or
 /// delivered for it. A watched topic it has read nothing of has no
@@ -127,7 +142,7 @@ async fn resync(store: &RedisStore) -> Result<(), StoreError> {
         seen.clone()
     };
     for topic in watched.iter().filter(|t| !known.contains_key(*t)) {
-        if let Some(event) = store.newest(topic).await? {
+        if let Some(event) = skip_broken(topic, store.newest(topic).await)?.flatten() {
             store.saw(topic, event.id);
             store.fanout.send(&[Arc::new(event)]);
         }
@@ -135,7 +150,9 @@ async fn resync(store: &RedisStore) -> Result<(), StoreError> {
     for (topic, after) in known {
         let mut from = ReadFrom::After(after);
         loop {
-            let page = store.read(&topic, from, 500).await?;
+            let Some(page) = skip_broken(&topic, store.read(&topic, from, 500).await)? else {
+                break;
+            };
             let Some(last) = page.events.last().map(|e| e.id) else {
                 break;
             };

@@ -154,7 +154,7 @@ impl Store for SqliteStore {
     async fn head(&self, topic: &Topic) -> Result<EventId, StoreError> {
         let topic = topic.clone();
         self.readers
-            .with(move |conn| {
+            .quick(move |conn| {
                 let meta =
                     read::topic_meta(conn, topic.as_str()).map_err(sql("reading a topic"))?;
                 Ok(meta.map_or(EventId::START, |m| m.last))
@@ -168,7 +168,7 @@ impl Store for SqliteStore {
 
     async fn health(&self) -> Result<(), StoreError> {
         self.readers
-            .with(|conn| {
+            .quick(|conn| {
                 conn.query_row("SELECT 1", [], |_| Ok(()))
                     .map_err(sql("checking the database"))
             })

@@ -22,9 +22,15 @@ pub struct Readers {
     dir: PathBuf,
     /// A std mutex held only to push or pop a connection.
     idle: Mutex<Vec<Connection>>,
-    /// One permit per read running on the blocking pool.
+    /// One permit per read of pages running on the blocking pool.
     turns: Arc<Semaphore>,
+    /// Turns for point lookups (a topic's head, the health check), which
+    /// must not queue behind a storm of catch-ups.
+    quick: Arc<Semaphore>,
 }
+
+/// Turns kept for point lookups.
+const QUICK_TURNS: usize = 2;
 
 impl Readers {
     pub fn new(dir: PathBuf) -> Arc<Readers> {
@@ -34,8 +40,9 @@ impl Readers {
     fn with_limit(dir: PathBuf, limit: usize) -> Arc<Readers> {
         Arc::new(Readers {
             dir,
-            idle: Mutex::new(Vec::with_capacity(limit)),
+            idle: Mutex::new(Vec::with_capacity(limit + QUICK_TURNS)),
             turns: Arc::new(Semaphore::new(limit)),
+            quick: Arc::new(Semaphore::new(QUICK_TURNS)),
         })
     }
 
@@ -46,9 +53,26 @@ impl Readers {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.run(&self.turns, f).await
+    }
+
+    /// [`Readers::with`] for a point lookup, on turns of its own.
+    pub async fn quick<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run(&self.quick, f).await
+    }
+
+    async fn run<T, F>(self: &Arc<Self>, turns: &Arc<Semaphore>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         // Owned and moved into the read: if this future is dropped, the
         // turn stays taken until the read itself is done.
-        let turn = Arc::clone(&self.turns)
+        let turn = Arc::clone(turns)
             .acquire_owned()
             .await
             .map_err(|_| StoreError::Internal("the reader pool is closed".into()))?;
@@ -234,6 +258,13 @@ mod tests {
         }
         assert_eq!(entered.try_iter().count(), 7);
         assert!(readers.idle.lock().unwrap().len() <= 3);
+        // Point lookups have turns of their own while pages are queued.
+        let blocked = Arc::clone(&readers.turns)
+            .acquire_many_owned(3)
+            .await
+            .unwrap();
+        readers.quick(|_| Ok(())).await.unwrap();
+        drop(blocked);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
