@@ -58,7 +58,7 @@ pub async fn payload(
     if is_json {
         // Parsed as every later read parses it, so what is stored reads
         // back as sent (a depth limit checked here, not met later as null).
-        crate::body::json_value(&text)?;
+        crate::body::check_json(&text)?;
         Ok(Payload::Json(text))
     } else {
         Ok(Payload::Text(text))
