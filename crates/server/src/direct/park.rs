@@ -241,7 +241,7 @@ pub struct Parking {
     /// membership ends.
     parked: Option<(Ticket, oneshot::Receiver<Delivery>)>,
     lots: Arc<Lots<Polls>>,
-    topic: Topic,
+    /// Its lot's membership; the lot knows the topic.
     member: Member<Polls>,
     tcp: Arc<TcpStream>,
     http10: bool,
@@ -268,7 +268,6 @@ impl Parking {
             parked: None,
             member: lots.join(topic),
             lots: Arc::clone(lots),
-            topic: topic.clone(),
             tcp: Arc::clone(tcp),
             http10,
             limit,
@@ -278,7 +277,8 @@ impl Parking {
 
     fn rejoin(&mut self) {
         self.parked = None;
-        self.member = self.lots.join(&self.topic);
+        let topic = self.member.lot().topic().clone();
+        self.member = self.lots.join(&topic);
     }
 
     fn answered(delivery: Delivery) -> Option<Result<VecDeque<Bytes>, Lost>> {
@@ -298,7 +298,7 @@ impl Waiter for Parking {
         if self.parked.is_none() {
             let (done, answer) = oneshot::channel();
             let parked = Parked {
-                after: at.get(&self.topic).unwrap_or(EventId::START),
+                after: at.get(self.member.lot().topic()).unwrap_or(EventId::START),
                 limit: self.limit,
                 gap,
                 http10: self.http10,
