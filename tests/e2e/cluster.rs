@@ -1199,10 +1199,11 @@ async fn the_nodes_ride_out_a_redis_restart() {
     let port = redis.port;
     redis.kill();
 
-    // Bounded: the store's timeouts are a few seconds.
-    let bound = Duration::from_secs(10);
+    // Bounded: the store's timeouts are a few seconds, and a write whose
+    // answer was lost is sent again for 10 s at most.
+    let bound = Duration::from_secs(20);
     for node in [&a, &b] {
-        for _ in 0..2 {
+        for attempt in 0..2 {
             let r = tokio::time::timeout(
                 bound,
                 client()
@@ -1215,7 +1216,15 @@ async fn the_nodes_ride_out_a_redis_restart() {
             .unwrap();
             assert_eq!(r.status(), 503, "publish without Redis on {}", node.addr);
             let v: Value = r.json().await.unwrap();
-            assert_eq!(v["error"]["code"], "unavailable", "{v}");
+            // The first publish may have been on its way when Redis died
+            // (whether it ran cannot be known); once the node knows Redis
+            // is gone, a publish is refused before it is sent.
+            let code = v["error"]["code"].as_str().unwrap_or_default();
+            if attempt == 0 {
+                assert!(["unavailable", "outcome_unknown"].contains(&code), "{v}");
+            } else {
+                assert_eq!(code, "unavailable", "{v}");
+            }
             assert!(
                 v["error"]["message"]
                     .as_str()
@@ -1281,26 +1290,109 @@ async fn the_nodes_ride_out_a_redis_restart() {
     assert_eq!(sse_take(&mut events, 1, "from B").await, [from_b]);
 }
 
-/// Redis stops answering (SIGSTOP: its connections stay open and silent): a
-/// publish answers 503 `unavailable` within the store's response timeout
-/// instead of hanging, and so does `/healthz`. Whether that publish was
-/// stored cannot be known (Redis may run it once it wakes), which is what
-/// `Idempotency-Key` is for: once Redis answers again (SIGCONT), the retry
-/// with the same key answers 201 and the event exists exactly once; a
-/// subscriber on B receives it once, then what A publishes next.
+/// Polls `/metrics` until `series` is at least `want`, for at most
+/// [`PATIENCE`]: the count is the only sign of what the node is doing.
+async fn wait_for_metric_at_least(server: &Server, series: &str, want: f64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let got = crate::harness::metric(server, series).await;
+        if got >= want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} stayed {got}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How many stored events of `topic` carry `data`.
+async fn stored_count(node: &Server, topic: &str, data: &str) -> usize {
+    read_all(node, topic)
+        .await
+        .iter()
+        .filter(|e| e["data"] == data)
+        .count()
+}
+
+/// Redis stops answering (SIGSTOP: its connections stay open and silent)
+/// for longer than the store's response timeout, then wakes. The publish
+/// sent meanwhile is not answered 503: the node sends it again (it carries
+/// its own write id) until Redis answers, so the client gets 201 and the
+/// event exists once — though Redis ran both the first sending, which sat
+/// in its socket buffer, and the ones after it. `/healthz`, a read, says
+/// 503 while Redis is frozen.
 #[tokio::test]
-async fn a_frozen_redis_makes_calls_fail_fast_and_a_keyed_retry_is_safe() {
+async fn a_write_whose_answer_was_lost_is_sent_again_and_applied_once() {
     let Some(redis) = Redis::start() else { return };
     let [a, b] = nodes(&redis, &[]);
     let topic = "frozen";
     let mut events = sse(b.url(&format!("/topics/{topic}")), None).await;
     wait_for_metric(&b, &gauge("sse"), 1.0).await;
-    // Warm: the publish script is loaded, so a stalled publish may run late.
+    // Warm: the publish script is loaded, so the stalled publish runs late.
     let warm = publish_seen(&a, topic, "message", "warm").await;
     assert_eq!(
         sse_take(&mut events, 1, "warm").await,
         std::slice::from_ref(&warm)
     );
+
+    redis.signal("STOP");
+    let publish = tokio::spawn(
+        client()
+            .post(a.url(&format!("/topics/{topic}")))
+            .body("during")
+            .send(),
+    );
+    let health = within("/healthz", client().get(b.url("/healthz")).send())
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 503, "/healthz with a frozen Redis");
+    // The first sending timed out and the node is sending it again.
+    wait_for_metric_at_least(&a, "herald_store_writes_resent_total", 1.0).await;
+    redis.signal("CONT");
+
+    let r = within("the publish", publish).await.unwrap().unwrap();
+    assert_eq!(r.status(), 201, "a publish Redis answered late");
+    let during: Value = r.json().await.unwrap();
+    let during = Seen {
+        id: during["id"].as_str().unwrap().to_owned(),
+        event: "message".into(),
+        data: "during".into(),
+    };
+    let after = publish_seen(&a, topic, "message", "after").await;
+    let want = [during, after];
+    assert_eq!(
+        sse_take(&mut events, 2, "events after the thaw").await,
+        want,
+        "once each, in order"
+    );
+    let stored: Vec<Seen> = read_all(&b, topic).await.iter().map(from_json).collect();
+    assert_eq!(stored, [&[warm][..], &want[..]].concat());
+    assert_eq!(
+        crate::harness::metric(&a, "herald_store_outcome_unknown_total").await,
+        0.0
+    );
+}
+
+/// Redis stops running writes (`CLIENT PAUSE … WRITE`: reads still
+/// answer, so a task change gets as far as its compare-and-set) for longer
+/// than a node keeps sending a write again: the answer is 503
+/// `outcome_unknown` — never plain `unavailable`, which
+/// means nothing was stored — naming the `Idempotency-Key` to retry with
+/// when the call had one. Once Redis wakes, retries with the same key are
+/// answered as the first call would have been: the event exists once, the
+/// task was completed once and its worker is told so. A completion retried
+/// without its key is refused (the task is no longer running).
+#[tokio::test]
+async fn a_write_redis_never_answers_is_outcome_unknown_and_a_keyed_retry_is_safe() {
+    let Some(redis) = Redis::start() else { return };
+    let [a] = nodes(&redis, &[]);
+    let topic = "frozen";
+    publish_seen(&a, topic, "message", "warm").await;
+    enqueue(&a, "jobs", "{}").await;
+    let (task, _lease) = claim(&a, "jobs", "wait=5").await;
+    let id = id_of(&task);
 
     let keyed = |data: &str| {
         client()
@@ -1309,54 +1401,93 @@ async fn a_frozen_redis_makes_calls_fail_fast_and_a_keyed_retry_is_safe() {
             .body(data.to_owned())
             .send()
     };
-    redis.signal("STOP");
-    let bound = Duration::from_secs(10);
-    let started = Instant::now();
-    let (published, health) = futures_util::future::join(
+    let complete = |key: Option<&str>| {
+        let mut r = client()
+            .post(a.url(&format!("/tasks/{id}/complete")))
+            .header("content-type", "application/json")
+            .body(r#"{"ok":true}"#);
+        if let Some(key) = key {
+            r = r.header("Idempotency-Key", key);
+        }
+        r.send()
+    };
+    let mut cli = RedisCli::connect(&redis);
+    cli.cmd(&["CLIENT", "PAUSE", "60000", "WRITE"]);
+    let bound = Duration::from_secs(30);
+    // The completion first: the node's one connection to Redis runs its
+    // calls in order, so it must have read the task before the publishes
+    // queue up behind the paused writes.
+    let completed = tokio::spawn(tokio::time::timeout(bound, complete(Some("done-1"))));
+    wait_for_metric_at_least(&a, "herald_store_writes_resent_total", 1.0).await;
+    let (published, unkeyed) = futures_util::future::join(
         tokio::time::timeout(bound, keyed("during")),
-        tokio::time::timeout(bound, client().get(b.url("/healthz")).send()),
+        tokio::time::timeout(
+            bound,
+            client()
+                .post(a.url(&format!("/topics/{topic}")))
+                .body("unkeyed")
+                .send(),
+        ),
     )
     .await;
-    let published = published
-        .expect("a publish hung on a frozen Redis")
-        .unwrap();
-    let health = health.expect("/healthz hung on a frozen Redis").unwrap();
-    let (status, body) = (published.status(), published.json::<Value>().await);
-    redis.signal("CONT");
+    let completed = completed.await.unwrap();
+    let mut bodies = Vec::new();
+    for (what, r) in [
+        ("keyed publish", published),
+        ("unkeyed publish", unkeyed),
+        ("complete", completed),
+    ] {
+        let r = r
+            .unwrap_or_else(|_| panic!("the {what} hung on a frozen Redis"))
+            .unwrap();
+        assert_eq!(r.status(), 503, "the {what}");
+        assert_eq!(r.headers()["retry-after"], "1", "the {what}");
+        bodies.push(r.json::<Value>().await.unwrap());
+    }
+    cli.cmd(&["CLIENT", "UNPAUSE"]);
+    for body in &bodies {
+        assert_eq!(body["error"]["code"], "outcome_unknown", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(!message.contains("redis"), "no internals: {message}");
+    }
+    assert_eq!(bodies[0]["error"]["idempotency_key"], "frozen-1");
+    assert!(bodies[1]["error"].get("idempotency_key").is_none());
     assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "answered within the store's timeouts: {:?}",
-        started.elapsed()
+        bodies[1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key")
     );
-    assert_eq!(status, 503, "a publish to a frozen Redis");
-    let body = body.unwrap();
-    assert_eq!(body["error"]["code"], "unavailable", "{body}");
-    assert_eq!(health.status(), 503, "/healthz with a frozen Redis");
+    assert_eq!(bodies[2]["error"]["idempotency_key"], "done-1");
+    assert!(crate::harness::metric(&a, "herald_store_outcome_unknown_total").await >= 3.0);
 
-    // Redis answers again: the retry with the key answers 201, and the
-    // event exists once whichever of the two attempts stored it.
-    let r = within("the retry", keyed("during")).await.unwrap();
+    // Redis answers again: the retries with their keys are answered as the
+    // first calls would have been.
+    let r = within("the publish retry", keyed("during")).await.unwrap();
     assert_eq!(r.status(), 201, "the retry once Redis answers");
-    let during = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let after = publish_seen(&a, topic, "message", "after").await;
-    let want = [
-        Seen {
-            id: during,
-            event: "message".into(),
-            data: "during".into(),
-        },
-        after,
-    ];
+    let r = within("the complete retry", complete(Some("done-1")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the keyed complete retry");
+    let done: Value = r.json().await.unwrap();
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(done["result"], json!({"ok": true}));
+    let r = within("an unkeyed complete", complete(None)).await.unwrap();
     assert_eq!(
-        sse_take(&mut events, 2, "events after the thaw").await,
-        want,
-        "once each, in order"
+        r.status(),
+        409,
+        "the task is finished: only the keyed retry replays"
     );
-    let stored: Vec<Seen> = read_all(&b, topic).await.iter().map(from_json).collect();
-    assert_eq!(stored, [&[warm][..], &want[..]].concat());
+
+    assert_eq!(stored_count(&a, topic, "during").await, 1);
+    // The unkeyed publish was held by the pause: it ran when Redis let
+    // writes through again, once, however often the node sent it.
+    let deadline = Instant::now() + PATIENCE;
+    while stored_count(&a, topic, "unkeyed").await == 0 {
+        assert!(Instant::now() < deadline, "the first sending never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored_count(&a, topic, "unkeyed").await, 1);
 }
 
 /// Every node's live feed (its Pub/Sub connection) is cut and kept from

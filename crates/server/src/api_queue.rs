@@ -30,13 +30,18 @@ pub async fn enqueue(
     body: Body,
 ) -> Result<Response, ApiError> {
     let queue = Topic::new(ARTICLE_QUEUE).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let key = crate::publish::idempotency_key(&headers)?;
     let new = NewTask {
         queue,
         payload: crate::tasks::payload(&state, &headers, body).await?,
         max_attempts: 3,
-        idempotency_key: crate::publish::idempotency_key(&headers)?,
+        idempotency_key: key.clone(),
     };
-    let (task, _, _) = state.tasks().enqueue(new).await?;
+    let (task, _, _) = state
+        .tasks()
+        .enqueue(new)
+        .await
+        .map_err(|e| ApiError::from(e).keyed(key.as_deref()))?;
     Ok(axum::Json(serde_json::json!({ "id": task.id.to_string() })).into_response())
 }
 

@@ -41,6 +41,14 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     Unavailable(String),
+    /// The store cannot be reached; the detail is for the log.
+    #[error("the store is unavailable; nothing was changed; retry later")]
+    StoreDown(String),
+    /// A write was sent and never confirmed (see
+    /// [`StoreError::OutcomeUnknown`]); `key` is the `Idempotency-Key` the
+    /// client can retry with, when the call had one.
+    #[error("{}", outcome_unknown_message(.key.as_deref()))]
+    OutcomeUnknown { key: Option<String>, detail: String },
     #[error("internal error")]
     Internal(String),
 }
@@ -62,7 +70,9 @@ impl ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::StoreDown(_) | ApiError::OutcomeUnknown { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -84,8 +94,21 @@ impl ApiError {
             ApiError::HeadTooLarge => "head_too_large",
             ApiError::Reserved(_) => "reserved_topic",
             ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::StoreDown(_) => "unavailable",
+            ApiError::OutcomeUnknown { .. } => "outcome_unknown",
             ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// Names the `Idempotency-Key` a write was made with, so an unknown
+    /// outcome tells the client what to retry with.
+    pub fn keyed(self, key: Option<&str>) -> ApiError {
+        match self {
+            ApiError::OutcomeUnknown { detail, .. } => ApiError::OutcomeUnknown {
+                key: key.map(str::to_owned),
+                detail,
+            },
+            other => other,
         }
     }
 
@@ -100,7 +123,8 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(m) => ApiError::Unavailable(m),
+            StoreError::Unavailable(m) => ApiError::StoreDown(m),
+            StoreError::OutcomeUnknown(detail) => ApiError::OutcomeUnknown { key: None, detail },
             StoreError::Internal(m) => ApiError::Internal(m),
         }
     }
@@ -117,6 +141,14 @@ impl From<herald_core::task::TaskError> for ApiError {
     }
 }
 
+fn outcome_unknown_message(key: Option<&str>) -> String {
+    let what = "the store did not confirm the write: it may or may not have happened";
+    match key {
+        Some(_) => format!("{what}; retrying with the same Idempotency-Key is safe"),
+        None => format!("{what}; send an Idempotency-Key to make a retry safe"),
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.whole().into_response()
@@ -130,7 +162,7 @@ impl ApiError {
         let status = self.status();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Expected while a store is down: one line per refusal, no alarm.
-            tracing::warn!(error = %self, "request refused");
+            tracing::warn!(error = %self, detail = ?self, "request refused");
         } else if status.is_server_error() {
             tracing::error!(error = %self, detail = ?self, "request failed");
         }
@@ -138,12 +170,22 @@ impl ApiError {
             ApiError::Internal(_) => "internal error".to_owned(),
             other => other.to_string(),
         };
-        let body = serde_json::json!({ "error": { "code": self.code(), "message": message } });
+        let mut error = serde_json::json!({ "code": self.code(), "message": message });
+        if let ApiError::OutcomeUnknown { key: Some(key), .. } = &self {
+            error["idempotency_key"] = key.as_str().into();
+        }
+        let body = serde_json::json!({ "error": error });
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if matches!(
+            self,
+            ApiError::StoreDown(_) | ApiError::OutcomeUnknown { .. }
+        ) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         Whole {
             status,
             headers,

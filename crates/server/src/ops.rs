@@ -39,6 +39,8 @@ pub fn describe_metrics() {
         "herald_events_published_total",
         "herald_events_delivered_total",
         "herald_subscribers_dropped_total",
+        "herald_store_writes_resent_total",
+        "herald_store_outcome_unknown_total",
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -58,6 +60,14 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "herald_subscribe_requests_total",
         "Subscribe requests decided, by the HTTP stack that read them (direct: herald's own HTTP/1; hyper: HTTP/2, WebSocket, and what the direct path leaves)."
+    );
+    metrics::describe_counter!(
+        "herald_store_writes_resent_total",
+        "Writes sent to the store again because the answer to an earlier sending was lost (each carries its own id, so it is applied once)."
+    );
+    metrics::describe_counter!(
+        "herald_store_outcome_unknown_total",
+        "Writes answered 503 outcome_unknown: the store never confirmed or denied them."
     );
     metrics::describe_histogram!(
         "herald_store_seconds",

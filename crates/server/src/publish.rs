@@ -137,9 +137,13 @@ pub async fn one(
         topic,
         kind,
         data,
-        idempotency_key,
+        idempotency_key: idempotency_key.clone(),
     };
-    let out = state.hub().publish(vec![new]).await?;
+    let out = state
+        .hub()
+        .publish(vec![new])
+        .await
+        .map_err(|e| ApiError::from(e).keyed(idempotency_key.as_deref()))?;
     let appended = out.first().ok_or_else(|| {
         ApiError::Internal("the store answered an append of one event with none".into())
     })?;
@@ -191,7 +195,11 @@ pub async fn batch(
     if batch.is_empty() {
         return Err(ApiError::BadRequest("the batch holds no events".into()));
     }
-    let out = state.hub().publish(batch).await?;
+    let out = state
+        .hub()
+        .publish(batch)
+        .await
+        .map_err(|e| ApiError::from(e).keyed(batch_key.as_deref()))?;
     let replayed = out.iter().all(|a| a.replayed);
     let mut body = Vec::with_capacity(16 + 128 * out.len());
     body.extend_from_slice(b"{\"events\":[");

@@ -93,9 +93,13 @@ pub async fn enqueue(
         queue,
         payload: payload(&state, &headers, body).await?,
         max_attempts: u32::try_from(max_attempts).unwrap_or(3),
-        idempotency_key,
+        idempotency_key: idempotency_key.clone(),
     };
-    let (task, position, replayed) = state.tasks().enqueue(new).await?;
+    let (task, position, replayed) = state
+        .tasks()
+        .enqueue(new)
+        .await
+        .map_err(|e| ApiError::from(e).keyed(idempotency_key.as_deref()))?;
     let mut response = task_response(StatusCode::CREATED, &task, position);
     if replayed {
         response
@@ -141,9 +145,10 @@ pub async fn get(
 pub async fn cancel(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = path_id(path)?;
-    let (task, how) = state.tasks().update(id, Op::Cancel).await?;
+    let (task, how) = update(&state, id, Op::Cancel, &headers).await?;
     let status = match how {
         Some(Cancel::Requested) => StatusCode::ACCEPTED,
         _ => StatusCode::OK,
@@ -199,6 +204,23 @@ struct Failure {
     retry: bool,
 }
 
+/// Applies a client's or worker's change. An `Idempotency-Key` names the
+/// call, so that after an `outcome_unknown` answer its retry gets the first
+/// call's outcome.
+async fn update(
+    state: &AppState,
+    id: TaskId,
+    op: Op,
+    headers: &HeaderMap,
+) -> Result<(Task, Option<Cancel>), ApiError> {
+    let key = crate::publish::idempotency_key(headers)?;
+    state
+        .tasks()
+        .update(id, op, key.as_deref())
+        .await
+        .map_err(|e| ApiError::from(e).keyed(key.as_deref()))
+}
+
 async fn json_body<T: serde::de::DeserializeOwned>(
     state: &AppState,
     headers: &HeaderMap,
@@ -234,7 +256,7 @@ pub async fn progress(
         progress: p.progress,
         message: p.message,
     };
-    let (task, _) = state.tasks().update(id, op).await?;
+    let (task, _) = update(&state, id, op, &headers).await?;
     Ok(task_response(StatusCode::OK, &task, None))
 }
 
@@ -250,7 +272,7 @@ pub async fn complete(
         token: lease_token(&headers),
         result: payload(&state, &headers, body).await?,
     };
-    let (task, _) = state.tasks().update(id, op).await?;
+    let (task, _) = update(&state, id, op, &headers).await?;
     Ok(task_response(StatusCode::OK, &task, None))
 }
 
@@ -274,7 +296,7 @@ pub async fn fail(
         error: f.error,
         retry: f.retry,
     };
-    let (task, _) = state.tasks().update(id, op).await?;
+    let (task, _) = update(&state, id, op, &headers).await?;
     let position = state.tasks().get(id).await?.and_then(|(_, p)| p);
     Ok(task_response(StatusCode::OK, &task, position))
 }

@@ -22,7 +22,7 @@ fn new(queue: &str, body: &str, key: Option<&str>) -> NewTask {
 
 /// Applies `op`; `Ok` when accepted, the refusal otherwise.
 async fn update(store: &dyn Both, id: TaskId, op: Op) -> Result<(Task, Option<Cancel>), TaskError> {
-    let u = store.update(id, op).await?;
+    let u = store.update(id, op, None).await?;
     match u.refused {
         Some(e) => Err(e),
         None => Ok((u.task, u.cancel)),

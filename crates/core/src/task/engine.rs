@@ -237,8 +237,13 @@ impl Tasks {
     }
 
     /// Progress, completion, failure or cancellation.
-    pub async fn update(&self, id: TaskId, op: Op) -> Result<(Task, Option<Cancel>), TaskError> {
-        let u = self.inner.store.update(id, op).await?;
+    pub async fn update(
+        &self,
+        id: TaskId,
+        op: Op,
+        key: Option<&str>,
+    ) -> Result<(Task, Option<Cancel>), TaskError> {
+        let u = self.inner.store.update(id, op, key).await?;
         self.signal(Some(u.before), &u.task);
         match u.refused {
             Some(e) => Err(e),

@@ -145,7 +145,7 @@ impl TaskStore for MemoryStore {
         Ok(Some(running))
     }
 
-    async fn update(&self, id: TaskId, op: Op) -> Result<Updated, TaskError> {
+    async fn update(&self, id: TaskId, op: Op, _key: Option<&str>) -> Result<Updated, TaskError> {
         let mut tasks = self.tasks_lock();
         let task = tasks.tasks.get(&id).cloned().ok_or(TaskError::NotFound)?;
         let (decision, cancel) = op.decide(&task, now_ms());

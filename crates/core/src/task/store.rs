@@ -28,6 +28,16 @@ pub enum Op {
 }
 
 impl Op {
+    /// The call's name, as in its route.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Progress { .. } => "progress",
+            Op::Complete { .. } => "complete",
+            Op::Fail { .. } => "fail",
+            Op::Cancel => "cancel",
+        }
+    }
+
     /// What the state machine decides for `task` at `now`.
     pub fn decide(&self, task: &Task, now: u64) -> (Decision, Option<Cancel>) {
         match self {
@@ -108,7 +118,12 @@ pub trait TaskStore: Send + Sync + 'static {
     /// task or a store failure; a refusal is in [`Updated::refused`], since
     /// it may still have changed the task (a running task that was asked to
     /// cancel ends cancelled when its worker is refused).
-    async fn update(&self, id: TaskId, op: Op) -> Result<Updated, TaskError>;
+    ///
+    /// `key` is the client's `Idempotency-Key`: a store that can answer
+    /// "outcome unknown" ([`crate::StoreError::OutcomeUnknown`]) answers a
+    /// retry with the same key with the first call's outcome. Stores that
+    /// always know their outcome may ignore it.
+    async fn update(&self, id: TaskId, op: Op, key: Option<&str>) -> Result<Updated, TaskError>;
 
     /// Settles every running task whose lease has run out; returns them.
     async fn expire(&self) -> Result<Vec<Task>, TaskError>;

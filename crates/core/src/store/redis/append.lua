@@ -11,7 +11,9 @@ local function split_id(id)
   return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
 end
 
--- Appends one event; returns {id, kind, data, replayed}.
+-- Appends one event; returns {id, kind, data, replayed}. A new event comes
+-- back as {id, '', '', 0}: the caller has its kind and data already, and
+-- echoing a large payload back would cost as much as storing it.
 local function append(topic, kind, data, key, max, key_ttl, now)
   local stream = 'herald:{' .. topic .. '}:events'
   local meta = 'herald:{' .. topic .. '}:meta'
@@ -47,5 +49,11 @@ local function append(topic, kind, data, key, max, key_ttl, now)
     redis.call('XTRIM', stream, 'MAXLEN', max)
   end
   redis.call('PUBLISH', 'herald:events', cjson.encode({topic, id, kind, data}))
-  return {id, kind, data, 0}
+  return {id, '', '', 0}
+end
+
+-- A write sent again after its answer was lost (see resend.rs) finds the
+-- mark its first arrival left, and answers from it instead of writing twice.
+local function mark_of(wid)
+  return 'herald:write:' .. wid
 end

@@ -28,6 +28,7 @@ use crate::fanout::{Fanout, Watch};
 use crate::name::{EventType, Topic};
 
 mod live;
+mod resend;
 mod tasks;
 
 pub use live::QueueSignal;
@@ -205,6 +206,8 @@ impl Store for RedisStore {
         invocation
             .arg(self.retention.max_events)
             .arg(key_ttl(&self.retention))
+            .arg(resend::write_id())
+            .arg(resend::MARK_TTL.as_secs())
             .arg(batch.len());
         for e in &batch {
             invocation
@@ -213,18 +216,31 @@ impl Store for RedisStore {
                 .arg(&e.data)
                 .arg(e.idempotency_key.as_deref().unwrap_or(""));
         }
-        let mut conn = self.conn();
-        let rows: Vec<(String, String, String, i64)> = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable("publishing", e))?;
+        let rows: Vec<(String, String, String, i64)> =
+            self.write("publishing", &invocation).await?;
+        if rows.len() != batch.len() {
+            return Err(StoreError::Internal(format!(
+                "redis answered a batch of {} with {} events",
+                batch.len(),
+                rows.len()
+            )));
+        }
         batch
             .into_iter()
             .zip(rows)
             .map(|(new, (id, kind, data, replayed))| {
-                let kind = EventType::new(&kind).unwrap_or_else(|_| EventType::message());
+                let id = parse_id(&id)?;
+                // A new event comes back without its kind and data: they
+                // are the ones sent. A replayed one is the event stored
+                // the first time, which may differ.
+                let event = if replayed == 1 {
+                    let kind = EventType::new(&kind).unwrap_or_else(|_| EventType::message());
+                    Event::new(id, new.topic, kind, data)
+                } else {
+                    Event::new(id, new.topic, new.kind, new.data)
+                };
                 Ok(Appended {
-                    event: Arc::new(Event::new(parse_id(&id)?, new.topic, kind, data)),
+                    event: Arc::new(event),
                     replayed: replayed == 1,
                 })
             })

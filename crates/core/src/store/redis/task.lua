@@ -1,13 +1,21 @@
 -- Compare-and-set of one task, with everything that goes with it.
 -- ARGV: id, old_json ('' = new task), new_json, queue, seq, old_status
 -- ('' = new), new_status, lease_expires ('' = none), emit_kind ('' = none),
--- emit_data, max_events, key_ttl, finished_ttl, idem_key ('' = none).
+-- emit_data, max_events, key_ttl, finished_ttl, idem_key ('' = none),
+-- write_id, mark_ttl, full_mark ('1': the mark also keeps the status before
+-- and the task after, for a client retrying with its own key).
 -- Returns {1, event_id} on success, {0, current_id_for_idem_or_''} when the
 -- task changed meanwhile (or the idempotency key was taken).
 local id, old, new, queue, seq = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local old_status, new_status, lease = ARGV[6], ARGV[7], ARGV[8]
 local emit_kind, emit_data = ARGV[9], ARGV[10]
 local max, key_ttl, finished_ttl, idem = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]), ARGV[14]
+local mark, mark_ttl, full_mark = mark_of(ARGV[15]), tonumber(ARGV[16]), ARGV[17]
+local done = redis.call('GET', mark)
+if done then
+  local m = cjson.decode(done)
+  return {m[1], m[2]}
+end
 local key = 'herald:task:' .. id
 local cur = redis.call('GET', key)
 if old == '' then
@@ -56,5 +64,10 @@ local event_id = ''
 if emit_kind ~= '' then
   local r = append('tasks.' .. id, emit_kind, emit_data, '', max, key_ttl, now_ms())
   event_id = r[1]
+end
+if full_mark == '1' then
+  redis.call('SET', mark, cjson.encode({1, event_id, old_status, new}), 'EX', mark_ttl)
+else
+  redis.call('SET', mark, cjson.encode({1, event_id}), 'EX', mark_ttl)
 end
 return {1, event_id}

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use redis::AsyncCommands;
 use tokio::sync::broadcast;
 
+use super::resend::{self, CLIENT_MARK_TTL, MARK_TTL};
 use super::{RedisStore, key_ttl, unavailable};
 use crate::error::StoreError;
 use crate::event::now_ms;
@@ -17,6 +18,35 @@ use crate::task::{NewTask, Op, Status, Task, TaskError, TaskId, TaskStore, Updat
 
 /// Rounds of compare-and-set before giving up on a hotly contended task.
 const CAS_ROUNDS: usize = 32;
+
+/// The write id a task change carries (see `resend.rs`).
+struct Mark {
+    id: String,
+    ttl: std::time::Duration,
+    /// The mark keeps the whole outcome, for a client's retry.
+    full: bool,
+}
+
+impl Mark {
+    /// A fresh id, only for the store's own sending again.
+    fn internal() -> Mark {
+        Mark {
+            id: resend::write_id(),
+            ttl: MARK_TTL,
+            full: false,
+        }
+    }
+
+    /// An id named by the client's `Idempotency-Key` for this call on this
+    /// task, so its retry meets the mark its first try left.
+    fn client(task: TaskId, op: &Op, key: &str) -> Mark {
+        Mark {
+            id: format!("op:{task}:{}:{key}", op.name()),
+            ttl: CLIENT_MARK_TTL,
+            full: true,
+        }
+    }
+}
 
 fn encode(task: &Task) -> Result<String, StoreError> {
     serde_json::to_string(task).map_err(|e| StoreError::Internal(e.to_string()))
@@ -38,14 +68,16 @@ impl RedisStore {
     }
 
     /// Writes `new` if the task is still `old` (`None`: it must not exist),
-    /// with its queue, lease, counts and emitted event. `Ok(false)`: it
-    /// changed meanwhile. The string is the id already holding `idem`.
+    /// with its queue, lease, counts and emitted event, under the write id
+    /// of `mark`. `Ok(false)`: it changed meanwhile. The string is the id
+    /// already holding `idem`.
     async fn cas(
         &self,
         old: Option<(&str, Status)>,
         new: &Task,
         emit: Option<&machine::Emit>,
         idem: Option<&str>,
+        mark: &Mark,
     ) -> Result<(bool, String), StoreError> {
         let finished_ttl = self
             .retention
@@ -56,10 +88,8 @@ impl RedisStore {
             .as_ref()
             .filter(|_| new.status == Status::Running)
             .map_or(String::new(), |l| l.expires_ms.to_string());
-        let mut conn = self.conn();
-        let (ok, other): (i64, String) = self
-            .scripts
-            .task
+        let mut invocation = self.scripts.task.prepare_invoke();
+        invocation
             .arg(new.id.to_string())
             .arg(old.map_or("", |(json, _)| json))
             .arg(encode(new)?)
@@ -74,17 +104,48 @@ impl RedisStore {
             .arg(key_ttl(&self.retention))
             .arg(finished_ttl)
             .arg(idem.unwrap_or(""))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable("changing a task", e))?;
+            .arg(&mark.id)
+            .arg(mark.ttl.as_secs())
+            .arg(if mark.full { "1" } else { "0" });
+        let (ok, other): (i64, String) = self.write("changing a task", &invocation).await?;
         Ok((ok == 1, other))
     }
 
+    /// The answer a change named by `mark` got, if it was made already: a
+    /// client retrying with its own key after an unknown outcome gets the
+    /// first answer, not a refusal from the state that change led to.
+    async fn marked(&self, mark: &Mark) -> Result<Option<Updated>, TaskError> {
+        if !mark.full {
+            return Ok(None);
+        }
+        let mut conn = self.conn();
+        let found: Option<String> = conn
+            .get(format!("herald:write:{}", mark.id))
+            .await
+            .map_err(|e| unavailable("reading a write mark", e))?;
+        let Some(found) = found else { return Ok(None) };
+        let (_, _, before, task): (i64, String, String, String) = serde_json::from_str(&found)
+            .map_err(|e| StoreError::Internal(format!("a write mark is unreadable: {e}")))?;
+        let before = Status::ALL
+            .into_iter()
+            .find(|s| s.as_str() == before)
+            .ok_or_else(|| StoreError::Internal(format!("a write mark holds status {before:?}")))?;
+        Ok(Some(Updated {
+            before,
+            task: decode(&task)?,
+            cancel: None,
+            refused: None,
+        }))
+    }
+
     /// Applies `decide` to the current task until the write holds.
-    async fn change<F>(&self, id: TaskId, mut decide: F) -> Result<Updated, TaskError>
+    async fn change<F>(&self, id: TaskId, mark: &Mark, mut decide: F) -> Result<Updated, TaskError>
     where
         F: FnMut(&Task, u64) -> (Decision, Option<crate::task::Cancel>),
     {
+        if let Some(done) = self.marked(mark).await? {
+            return Ok(done);
+        }
         for _ in 0..CAS_ROUNDS {
             let (json, task) = self.load(id).await?.ok_or(TaskError::NotFound)?;
             let (decision, cancel) = decide(&task, now_ms());
@@ -95,6 +156,7 @@ impl RedisStore {
                         new,
                         decision.emit.as_ref(),
                         None,
+                        mark,
                     )
                     .await?;
                 if !ok {
@@ -132,7 +194,9 @@ impl TaskStore for RedisStore {
             .map_err(|e| unavailable("numbering a task", e))?;
         let key = new.idempotency_key.clone();
         let task = machine::enqueue(new, seq, now_ms());
-        let (ok, holder) = self.cas(None, &task, None, key.as_deref()).await?;
+        let (ok, holder) = self
+            .cas(None, &task, None, key.as_deref(), &Mark::internal())
+            .await?;
         if ok {
             return Ok((task, false));
         }
@@ -169,7 +233,13 @@ impl TaskStore for RedisStore {
             }
             let running = machine::claim(&task, now_ms(), lease_secs);
             let (ok, _) = self
-                .cas(Some((&json, task.status)), &running, None, None)
+                .cas(
+                    Some((&json, task.status)),
+                    &running,
+                    None,
+                    None,
+                    &Mark::internal(),
+                )
                 .await?;
             if ok {
                 return Ok(Some(running));
@@ -178,8 +248,10 @@ impl TaskStore for RedisStore {
         Ok(None)
     }
 
-    async fn update(&self, id: TaskId, op: Op) -> Result<Updated, TaskError> {
-        self.change(id, |task, now| op.decide(task, now)).await
+    async fn update(&self, id: TaskId, op: Op, key: Option<&str>) -> Result<Updated, TaskError> {
+        let mark = key.map_or_else(Mark::internal, |key| Mark::client(id, &op, key));
+        self.change(id, &mark, |task, now| op.decide(task, now))
+            .await
     }
 
     async fn expire(&self) -> Result<Vec<Task>, TaskError> {
@@ -191,7 +263,7 @@ impl TaskStore for RedisStore {
         let mut out = Vec::new();
         for id in due.iter().filter_map(|i| i.parse::<TaskId>().ok()) {
             let updated = self
-                .change(id, |task, now| {
+                .change(id, &Mark::internal(), |task, now| {
                     let decision = machine::expire(task, now).unwrap_or(Decision {
                         task: None,
                         emit: None,

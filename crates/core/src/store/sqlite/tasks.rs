@@ -194,7 +194,7 @@ impl TaskStore for SqliteStore {
         .await
     }
 
-    async fn update(&self, id: TaskId, op: Op) -> Result<Updated, TaskError> {
+    async fn update(&self, id: TaskId, op: Op, _key: Option<&str>) -> Result<Updated, TaskError> {
         self.job(move |ctx| {
             let Some(task) = load(ctx.tx, id)? else {
                 return Ok(Err(TaskError::NotFound));
