@@ -1601,3 +1601,56 @@ async fn a_feed_blip_does_not_cut_off_subscribers_of_a_quiet_topic() {
         "nobody was cut off"
     );
 }
+
+/// `herald-client` meets an unknown outcome the way the answer says to: it
+/// retries with the same `Idempotency-Key`, and its publish and its
+/// worker's completion are each applied once, the caller told of success.
+#[tokio::test]
+async fn the_client_retries_an_unknown_outcome_with_its_key() {
+    let Some(redis) = Redis::start() else { return };
+    let [a] = nodes(&redis, &[]);
+    let client = herald_client::Client::new(a.url("")).unwrap();
+    client.publish("kept", "warm").await.unwrap();
+    client
+        .enqueue("jobs", herald_client::Payload::Text("x".into()))
+        .await
+        .unwrap();
+    let claimed = client
+        .claim("jobs", Duration::from_secs(5), Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("a task to claim");
+    let id = claimed.task.id.clone();
+
+    let mut cli = RedisCli::connect(&redis);
+    cli.cmd(&["CLIENT", "PAUSE", "60000", "WRITE"]);
+    let completing = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .complete(&claimed, &herald_client::Payload::Text("done".into()))
+                .await
+        })
+    };
+    // The completion has read its task and its write is held; the publish
+    // queues behind it.
+    wait_for_metric_at_least(&a, "herald_store_writes_resent_total", 1.0).await;
+    let publishing = {
+        let client = client.clone();
+        tokio::spawn(async move { client.publish("kept", "during").await })
+    };
+    // Both were answered outcome_unknown at least once before Redis
+    // lets writes through again.
+    wait_for_metric_at_least(&a, "herald_store_outcome_unknown_total", 1.0).await;
+    cli.cmd(&["CLIENT", "UNPAUSE"]);
+
+    let done = within("the completion", completing).await.unwrap().unwrap();
+    assert_eq!(done.status, "succeeded");
+    let receipt = within("the publish", publishing).await.unwrap().unwrap();
+    let stored = read_all(&a, "kept").await;
+    let during: Vec<_> = stored.iter().filter(|e| e["data"] == "during").collect();
+    assert_eq!(during.len(), 1, "stored once: {stored:?}");
+    assert_eq!(during[0]["id"], receipt.id.as_str());
+    let task = client.task(&id).await.unwrap();
+    assert_eq!(task.status, "succeeded");
+}

@@ -120,6 +120,9 @@ impl Client {
         }
     }
 
+    /// Sends a worker's report, retried on transient failures under one
+    /// `Idempotency-Key`: after a `503 outcome_unknown` the retry gets the
+    /// first call's answer instead of a `409` from the state it led to.
     async fn post_report(
         &self,
         id: &str,
@@ -127,18 +130,15 @@ impl Client {
         what: &str,
         body: serde_json::Value,
     ) -> Result<Task, Error> {
-        let response = self
-            .http()
-            .post(self.url(&format!("/tasks/{id}/{what}")))
-            .header("herald-lease", token)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await?;
-        if response.status().as_u16() != 200 {
-            return Err(error::from_response(response).await);
-        }
-        Ok(response.json().await?)
+        let body = body.to_string();
+        let request = || {
+            self.http()
+                .post(self.url(&format!("/tasks/{id}/{what}")))
+                .header("herald-lease", token)
+                .header("content-type", "application/json")
+                .body(body.clone())
+        };
+        report(request).await
     }
 
     /// Reports progress on a claimed task.
@@ -153,17 +153,18 @@ impl Client {
             .await
     }
 
-    /// Completes a claimed task with its result.
+    /// Completes a claimed task with its result, retried like
+    /// [`Client::progress`].
     pub async fn complete(&self, claimed: &Claimed, result: &Payload) -> Result<Task, Error> {
-        let request = self
-            .http()
-            .post(self.url(&format!("/tasks/{}/complete", claimed.task.id)))
-            .header("herald-lease", &claimed.token);
-        let response = with_payload(request, result).send().await?;
-        if response.status().as_u16() != 200 {
-            return Err(error::from_response(response).await);
-        }
-        Ok(response.json().await?)
+        let url = self.url(&format!("/tasks/{}/complete", claimed.task.id));
+        let request = || {
+            let request = self
+                .http()
+                .post(&url)
+                .header("herald-lease", &claimed.token);
+            with_payload(request, result)
+        };
+        report(request).await
     }
 
     /// Fails a claimed task; with `retry` it is queued again if attempts are
@@ -305,4 +306,21 @@ where
             tracing::warn!(task = %claimed.task.id, error = %e, "reporting the outcome failed");
         }
     }
+}
+
+/// Sends a report built by `request` until it is answered for good, with
+/// one `Idempotency-Key` for every try.
+async fn report<F>(request: F) -> Result<Task, Error>
+where
+    F: Fn() -> reqwest::RequestBuilder,
+{
+    let key = uuid::Uuid::new_v4().to_string();
+    crate::retry(|| async {
+        let response = request().header("idempotency-key", &key).send().await?;
+        if response.status().as_u16() != 200 {
+            return Err(error::from_response(response).await);
+        }
+        Ok(response.json().await?)
+    })
+    .await
 }
