@@ -1382,8 +1382,7 @@ async fn a_write_whose_answer_was_lost_is_sent_again_and_applied_once() {
 /// means nothing was stored — naming the `Idempotency-Key` to retry with
 /// when the call had one. Once Redis wakes, retries with the same key are
 /// answered as the first call would have been: the event exists once, the
-/// task was completed once and its worker is told so. A completion retried
-/// without its key is refused (the task is no longer running).
+/// task was completed once and its worker is told so.
 #[tokio::test]
 async fn a_write_redis_never_answers_is_outcome_unknown_and_a_keyed_retry_is_safe() {
     let Some(redis) = Redis::start() else { return };
@@ -1391,7 +1390,7 @@ async fn a_write_redis_never_answers_is_outcome_unknown_and_a_keyed_retry_is_saf
     let topic = "frozen";
     publish_seen(&a, topic, "message", "warm").await;
     enqueue(&a, "jobs", "{}").await;
-    let (task, _lease) = claim(&a, "jobs", "wait=5").await;
+    let (task, lease) = claim(&a, "jobs", "wait=5").await;
     let id = id_of(&task);
 
     let keyed = |data: &str| {
@@ -1401,13 +1400,16 @@ async fn a_write_redis_never_answers_is_outcome_unknown_and_a_keyed_retry_is_saf
             .body(data.to_owned())
             .send()
     };
-    let complete = |key: Option<&str>| {
+    let complete = |key: Option<&str>, lease: Option<&str>| {
         let mut r = client()
             .post(a.url(&format!("/tasks/{id}/complete")))
             .header("content-type", "application/json")
             .body(r#"{"ok":true}"#);
         if let Some(key) = key {
             r = r.header("Idempotency-Key", key);
+        }
+        if let Some(lease) = lease {
+            r = r.header("Herald-Lease", lease);
         }
         r.send()
     };
@@ -1417,7 +1419,10 @@ async fn a_write_redis_never_answers_is_outcome_unknown_and_a_keyed_retry_is_saf
     // The completion first: the node's one connection to Redis runs its
     // calls in order, so it must have read the task before the publishes
     // queue up behind the paused writes.
-    let completed = tokio::spawn(tokio::time::timeout(bound, complete(Some("done-1"))));
+    let completed = tokio::spawn(tokio::time::timeout(
+        bound,
+        complete(Some("done-1"), Some(&lease)),
+    ));
     wait_for_metric_at_least(&a, "herald_store_writes_resent_total", 1.0).await;
     let (published, unkeyed) = futures_util::future::join(
         tokio::time::timeout(bound, keyed("during")),
@@ -1465,19 +1470,17 @@ async fn a_write_redis_never_answers_is_outcome_unknown_and_a_keyed_retry_is_saf
     // first calls would have been.
     let r = within("the publish retry", keyed("during")).await.unwrap();
     assert_eq!(r.status(), 201, "the retry once Redis answers");
-    let r = within("the complete retry", complete(Some("done-1")))
+    let r = within("the complete retry", complete(Some("done-1"), Some(&lease)))
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "the keyed complete retry");
     let done: Value = r.json().await.unwrap();
     assert_eq!(done["status"], "succeeded");
     assert_eq!(done["result"], json!({"ok": true}));
-    let r = within("an unkeyed complete", complete(None)).await.unwrap();
-    assert_eq!(
-        r.status(),
-        409,
-        "the task is finished: only the keyed retry replays"
-    );
+    let r = within("a complete without the lease", complete(None, None))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "only the claim's holder moves the task");
 
     assert_eq!(stored_count(&a, topic, "during").await, 1);
     // The unkeyed publish was held by the pause: it ran when Redis let

@@ -104,7 +104,7 @@ fn finish(mut t: Task, status: Status, now: u64) -> (Task, Emit) {
 }
 
 /// Checks that the caller may act on a running task: a live lease, and its
-/// token if it sent one. A cancel request ends the task here. The refusal
+/// token. A cancel request ends the task here. The refusal
 /// is the whole decision, returned by value once per call.
 #[allow(clippy::result_large_err)]
 fn holder(task: &Task, token: Option<&str>, now: u64) -> Result<(), Decision> {
@@ -118,10 +118,21 @@ fn holder(task: &Task, token: Option<&str>, now: u64) -> Result<(), Decision> {
             task.status.as_str()
         )));
     };
-    if token.is_some_and(|t| t != lease.token) {
-        return Err(Decision::refuse(
-            "the lease was lost: another worker holds the task",
-        ));
+    // Fencing: only the current claim's token moves the task, so a worker
+    // whose lease ran out cannot overwrite the work of the one holding the
+    // task now.
+    match token {
+        None => {
+            return Err(Decision::refuse(
+                "Herald-Lease is required: the token of the claim that holds the task",
+            ));
+        }
+        Some(t) if t != lease.token => {
+            return Err(Decision::refuse(
+                "the lease was lost: another worker holds the task",
+            ));
+        }
+        Some(_) => {}
     }
     if lease.expires_ms <= now {
         return Err(Decision::refuse("the lease ran out"));
@@ -288,6 +299,26 @@ mod tests {
 
     fn token(t: &Task) -> String {
         t.lease.as_ref().unwrap().token.clone()
+    }
+
+    #[test]
+    fn only_the_current_claims_token_moves_a_running_task() {
+        let running = claim(&task(), 1000, 10.0);
+        let tok = token(&running);
+        for t in [None, Some("an earlier claim")] {
+            let p = progress(&running, t, Some(0.5), None, 2000);
+            let c = complete(&running, t, Payload::Text("r".into()), 2000);
+            let f = fail(&running, t, "e".into(), true, 2000);
+            for d in [p, c, f] {
+                assert!(matches!(d.answer, Err(TaskError::Conflict(_))), "{t:?}");
+                assert!(d.task.is_none() && d.emit.is_none(), "nothing changes");
+            }
+        }
+        assert!(
+            progress(&running, Some(&tok), None, None, 2000)
+                .answer
+                .is_ok()
+        );
     }
 
     #[test]
