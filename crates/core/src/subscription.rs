@@ -52,6 +52,9 @@ pub enum EndReason {
     Slow,
     /// The subscription reached its configured maximum age.
     Expired,
+    /// The token that opened the subscription expired: the client opens a
+    /// new one with a fresh token and its cursor.
+    TokenExpired,
     /// The store failed while reading history.
     Store(StoreError),
 }
@@ -96,6 +99,8 @@ pub struct Subscription {
     pending: VecDeque<Next>,
     beats: Beats,
     expires: Option<Pin<Box<Sleep>>>,
+    /// `expires` is the token's expiry rather than the maximum age.
+    token_expiry: bool,
     page_size: usize,
     /// Which topic to poll first when waiting, so a busy topic cannot starve
     /// the others.
@@ -144,8 +149,20 @@ impl Subscription {
             pending: VecDeque::new(),
             beats,
             expires: max_age.map(|age| Box::pin(tokio::time::sleep_until(Instant::now() + age))),
+            token_expiry: false,
             page_size: page_size.max(1),
             turn: 0,
+        }
+    }
+
+    /// Ends the subscription at `at` (the expiry of the token that opened
+    /// it) with [`EndReason::TokenExpired`], unless its maximum age ends it
+    /// first.
+    pub fn end_at(&mut self, at: Instant) {
+        let sooner = self.expires.as_ref().is_none_or(|s| at < s.deadline());
+        if sooner {
+            self.expires = Some(Box::pin(tokio::time::sleep_until(at)));
+            self.token_expiry = true;
         }
     }
 
@@ -336,7 +353,7 @@ impl Subscription {
         // Beats first: a stream busy with events still notices shutdown.
         tokio::select! {
             biased;
-            next = quiet(&mut self.beats, &mut self.expires) => Some(next),
+            next = quiet(&mut self.beats, &mut self.expires, self.token_expiry) => Some(next),
             (i, r) = event => {
                 self.turn = (i + 1) % n;
                 self.take_live(i, r)
@@ -416,7 +433,7 @@ impl Subscription {
 
     /// While released: waits for a keep-alive beat, expiry or shutdown.
     pub async fn wait_quiet(&mut self) -> Next {
-        quiet(&mut self.beats, &mut self.expires).await
+        quiet(&mut self.beats, &mut self.expires, self.token_expiry).await
     }
 }
 
@@ -433,7 +450,11 @@ fn lagged(watch: &mut Watch) -> bool {
 }
 
 /// A keep-alive beat, the end of the subscription's age, or shutdown.
-async fn quiet(beats: &mut Beats, expires: &mut Option<Pin<Box<Sleep>>>) -> Next {
+async fn quiet(
+    beats: &mut Beats,
+    expires: &mut Option<Pin<Box<Sleep>>>,
+    token_expiry: bool,
+) -> Next {
     let expiry = async {
         match expires.as_mut() {
             Some(sleep) => sleep.as_mut().await,
@@ -446,7 +467,11 @@ async fn quiet(beats: &mut Beats, expires: &mut Option<Pin<Box<Sleep>>>) -> Next
             Beat::KeepAlive => Next::KeepAlive,
             Beat::Shutdown => Next::End(EndReason::Shutdown),
         },
-        () = expiry => Next::End(EndReason::Expired),
+        () = expiry => Next::End(if token_expiry {
+            EndReason::TokenExpired
+        } else {
+            EndReason::Expired
+        }),
     }
 }
 

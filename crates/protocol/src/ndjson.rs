@@ -14,6 +14,9 @@ pub fn line(json: &str) -> Bytes {
 /// The keep-alive record of a stream: an empty line, which readers skip.
 pub const KEEP_ALIVE: &[u8] = b"\n";
 
+/// The last line of a stream whose token expired.
+pub const EXPIRED: &[u8] = b"{\"event\":\"expired\"}\n";
+
 /// Splits a whole NDJSON body into its non-blank lines, with 1-based line
 /// numbers for error messages. Accepts LF and CRLF line ends.
 pub fn lines(body: &str) -> impl Iterator<Item = (usize, &str)> {

@@ -82,6 +82,10 @@ pub fn preamble(retry_ms: u64, comment: &str) -> Bytes {
 /// The keep-alive of a stream: a comment line, which clients skip.
 pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
+/// The last event of a stream whose token expired: no id, so the client's
+/// cursor stays where it was.
+pub const EXPIRED: &[u8] = b"event: expired\ndata: {}\n\n";
+
 /// A comment line ending an (empty) event block.
 pub fn comment(text: &str) -> Bytes {
     Bytes::from(format!(": {text}\n\n"))

@@ -69,7 +69,7 @@ impl StreamCounters {
                 tracing::debug!(transport = transport.label(), "subscriber cut off as slow");
             }
             EndReason::Store(e) => tracing::warn!(error = %e, "stream ended by a store error"),
-            EndReason::Shutdown | EndReason::Expired => {}
+            EndReason::Shutdown | EndReason::Expired | EndReason::TokenExpired => {}
         }
     }
 }
@@ -233,15 +233,19 @@ impl<E: Encode> Outbox<E> {
 
     /// Queues the bytes for `next`; `false` once the subscription ended.
     fn take(&mut self, next: Next) -> bool {
-        match &next {
+        let more = match &next {
             Next::End(reason) => {
                 self.counters.ended(reason, self.transport);
                 self.ended = true;
-                return false;
+                false
             }
-            Next::Event(_) => self.counters.delivered.increment(1),
-            Next::Gap { .. } | Next::KeepAlive => {}
-        }
+            Next::Event(_) => {
+                self.counters.delivered.increment(1);
+                true
+            }
+            Next::Gap { .. } | Next::KeepAlive => true,
+        };
+        // An end may have last words (`expired`).
         let before = self.queue.len();
         self.encoder.encode(&self.sub, &next, &mut self.queue);
         self.queued += self
@@ -250,7 +254,7 @@ impl<E: Encode> Outbox<E> {
             .skip(before)
             .map(Bytes::len)
             .sum::<usize>();
-        true
+        more
     }
 }
 

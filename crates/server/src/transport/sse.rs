@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use bytes::Bytes;
-use herald_core::subscription::Next;
+use herald_core::subscription::{EndReason, Next};
 use herald_core::{Event, Subscription};
 use herald_protocol::sse;
 
@@ -43,6 +43,9 @@ impl Encode for SseEncoder {
                 out.push_back(gap(topic.as_str(), &data).sse());
             }
             Next::KeepAlive => out.push_back(self.keep_alive()),
+            Next::End(EndReason::TokenExpired) => {
+                out.push_back(Bytes::from_static(sse::EXPIRED));
+            }
             Next::End(_) => {}
         }
     }

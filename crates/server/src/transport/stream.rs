@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use bytes::Bytes;
-use herald_core::subscription::Next;
+use herald_core::subscription::{EndReason, Next};
 use herald_core::{Event, Subscription};
 use herald_protocol::ndjson;
 
@@ -37,6 +37,9 @@ impl Encode for NdjsonEncoder {
                 out.push_back(gap.ndjson());
             }
             Next::KeepAlive => out.push_back(self.keep_alive()),
+            Next::End(EndReason::TokenExpired) => {
+                out.push_back(Bytes::from_static(ndjson::EXPIRED));
+            }
             Next::End(_) => {}
         }
     }

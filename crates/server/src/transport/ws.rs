@@ -149,6 +149,10 @@ async fn run(mut socket: WebSocket, mut sub: Subscription) {
                     EndReason::Shutdown => (close_code::AWAY, "server shutting down"),
                     EndReason::Slow => (close_code::AGAIN, "too slow: resume with your cursor"),
                     EndReason::Expired => (close_code::NORMAL, "stream reached its maximum age"),
+                    EndReason::TokenExpired => (
+                        TOKEN_EXPIRED,
+                        "the token expired: reconnect with a fresh one and your cursor",
+                    ),
                     EndReason::Store(_) => (close_code::ERROR, "store unavailable"),
                 };
                 close(&mut socket, code, why).await;
@@ -160,6 +164,10 @@ async fn run(mut socket: WebSocket, mut sub: Subscription) {
         }
     }
 }
+
+/// The close code of a socket whose token expired (4000–4999 are for
+/// applications; 4401 echoes HTTP's 401).
+pub const TOKEN_EXPIRED: u16 = 4401;
 
 /// A text frame over the event's shared JSON bytes (validated as UTF-8, not
 /// copied).
