@@ -17,10 +17,12 @@ use super::AuthError;
 pub enum ConfigError {
     #[error("the secret is empty")]
     EmptySecret,
-    #[error("cannot read the key file {path}: {source}")]
+    /// The I/O error is in the message rather than a `source`, so that
+    /// whoever prints this prints the reason once.
+    #[error("cannot read the key file {path}: {error}")]
     Unreadable {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the key file {path} is not usable: {reason}")]
     Unusable { path: PathBuf, reason: String },
@@ -69,9 +71,9 @@ impl Keys {
 
     /// A PEM public key or a JWKS JSON file.
     pub fn file(path: &Path) -> Result<Keys, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Unreadable {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Keys::parse(&text).map_err(|reason| ConfigError::Unusable {
             path: path.to_owned(),
