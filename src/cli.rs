@@ -501,6 +501,7 @@ impl ServeArgs {
             KeySource::File(_) => "--auth-jwt-key",
         };
         let auth = Auth::new(config).with_context(|| flag.to_owned())?;
+        warnings.extend(auth.warnings());
         Ok(Some(Arc::new(auth)))
     }
 }

@@ -52,7 +52,12 @@ pub enum Keys {
     /// `kid` it names (there is nothing to choose between).
     One(VerifyKey),
     /// A JWKS: the token's `kid` chooses.
-    Set(Vec<(Option<String>, VerifyKey)>),
+    Set {
+        keys: Vec<(Option<String>, VerifyKey)>,
+        /// The set's keys herald cannot use, each with why, for the
+        /// start-up log (read before logging starts, so not logged here).
+        skipped: Vec<String>,
+    },
 }
 
 impl Keys {
@@ -94,7 +99,7 @@ impl Keys {
     pub fn select(&self, kid: Option<&str>) -> Result<&VerifyKey, AuthError> {
         match self {
             Keys::One(key) => Ok(key),
-            Keys::Set(keys) => {
+            Keys::Set { keys, .. } => {
                 if let Some(kid) = kid
                     && let Some((_, key)) = keys.iter().find(|(k, _)| k.as_deref() == Some(kid))
                 {
@@ -111,11 +116,22 @@ impl Keys {
         }
     }
 
+    /// What the operator should hear about: keys of the set left unused.
+    pub fn warnings(&self) -> Vec<String> {
+        match self {
+            Keys::One(_) => Vec::new(),
+            Keys::Set { skipped, .. } => skipped
+                .iter()
+                .map(|why| format!("JWKS key skipped: {why}"))
+                .collect(),
+        }
+    }
+
     /// For the start-up log: `HS256`, `ES256`, `JWKS: RS256 (kid a), …`.
     pub fn describe(&self) -> String {
         match self {
             Keys::One(k) => format!("{:?}", k.alg),
-            Keys::Set(keys) => {
+            Keys::Set { keys, .. } => {
                 let each: Vec<String> = keys
                     .iter()
                     .map(|(kid, k)| match kid {
@@ -210,10 +226,7 @@ fn jwks(text: &str) -> Result<Keys, String> {
                 }
                 keys.push((kid, key));
             }
-            Err(why) => {
-                tracing::warn!(key = %name, reason = %why, "JWKS key skipped");
-                skipped.push(format!("{name}: {why}"));
-            }
+            Err(why) => skipped.push(format!("{name}: {why}")),
         }
     }
     if keys.is_empty() {
@@ -226,7 +239,7 @@ fn jwks(text: &str) -> Result<Keys, String> {
             }
         ));
     }
-    Ok(Keys::Set(keys))
+    Ok(Keys::Set { keys, skipped })
 }
 
 /// One JWK as a key, with its `alg` when it names one its type can do.
@@ -273,7 +286,7 @@ pub(crate) mod tests {
     fn alg_of(text: &str) -> Result<Algorithm, String> {
         match Keys::parse(text)? {
             Keys::One(k) => Ok(k.alg),
-            Keys::Set(_) => Err("a set".into()),
+            Keys::Set { .. } => Err("a set".into()),
         }
     }
 
@@ -359,6 +372,9 @@ pub(crate) mod tests {
         set["keys"][1]["alg"] = "ES256".into();
         let keys = Keys::parse(&set.to_string()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(keys.describe(), "JWKS: ES256 (kid ec.pub)");
+        let warnings = keys.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("rsa.pub") && warnings[0].contains("enc"));
         let dup = test_jwks(&["ec.pub", "ec.pub"]);
         assert!(
             Keys::parse(&dup)

@@ -145,6 +145,11 @@ impl Auth {
         text
     }
 
+    /// What the operator should be told at start-up (unused JWKS keys).
+    pub fn warnings(&self) -> Vec<String> {
+        self.keys.warnings()
+    }
+
     /// Checks `token` at time `now`: its signature with the key its `kid`
     /// picks and the algorithm that key fixes, then `exp` and `nbf` (when
     /// present, with [`LEEWAY_SECS`]), then `iss` and `aud` when the server
