@@ -3,12 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use herald_core::{HubConfig, Retention};
 use herald_server::ServerConfig;
+use herald_server::auth::{Auth, AuthConfig, KeySource, Pattern};
 
 /// herald: a server-push hub — short poll, long poll, HTTP streaming,
 /// Server-Sent Events and WebSocket over one event model.
@@ -32,6 +34,10 @@ pub struct Cli {
     /// Print JSON, one object per line, instead of human output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// A token to send as `Authorization: Bearer` (client commands), for a
+    /// server run with authorization on; `herald token` makes one.
+    #[arg(long, global = true, env = "HERALD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -61,6 +67,47 @@ pub enum Command {
         after_help = "Examples:\n  herald task submit images '{\"url\":\"cat.png\"}' --wait\n  herald task status 01a2f3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b\n  herald task work images -- ./resize.sh"
     )]
     Task(TaskCommand),
+    /// Print a token (HS256) for a server run with `--auth-jwt-secret`.
+    #[command(
+        after_help = "Examples:\n  herald token --secret \"$SECRET\" --subscribe 'chat.*' --publish chat.room1 --sub alice\n  HERALD_AUTH_JWT_SECRET=... herald token --enqueue images --work images --ttl 30m\n  export HERALD_TOKEN=$(herald token --admin --ttl 10m)"
+    )]
+    Token(TokenArgs),
+}
+
+/// `herald token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The server's HS256 secret (better from the environment: a flag is
+    /// visible to other users of the machine).
+    #[arg(long, env = "HERALD_AUTH_JWT_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// Topics it may publish to: a name, `*`, or a prefix like `chat.*` (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub publish: Vec<String>,
+    /// Topics it may read (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub subscribe: Vec<String>,
+    /// Queues it may enqueue to and whose tasks it may read and cancel (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub enqueue: Vec<String>,
+    /// Queues it may work on: claim, progress, complete, fail (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub work: Vec<String>,
+    /// The listings (`GET /topics`, `GET /queues`, …) and `/metrics`.
+    #[arg(long)]
+    pub admin: bool,
+    /// Its subject: who the holder is (per-client limits count by it).
+    #[arg(long, value_name = "NAME")]
+    pub sub: Option<String>,
+    /// How long it is valid (`30m`, `12h`, `7d`); `off` for no expiry.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    /// Its `iss`, for a server run with `--auth-issuer`.
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// Its `aud`, for a server run with `--auth-audience`.
+    #[arg(long)]
+    pub audience: Option<String>,
 }
 
 /// `herald pub`.
@@ -239,6 +286,32 @@ pub struct ServeArgs {
     /// reading is cut off after this long (it resumes with its cursor).
     #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "10s")]
     pub write_timeout: String,
+    /// Turn authorization on with this HS256 secret: every route but
+    /// `/healthz` then wants a token (see docs/auth.md). Better given by the
+    /// environment than as a flag, which other users of the machine can see.
+    #[arg(long, env = "HERALD_AUTH_JWT_SECRET", hide_env_values = true)]
+    pub auth_jwt_secret: Option<String>,
+    /// Turn authorization on with this key file: a PEM public key (RS256,
+    /// ES256 or EdDSA, told from the key) or a JWKS (`{"keys":[…]}`, a
+    /// token's `kid` picks the key).
+    #[arg(long, env = "HERALD_AUTH_JWT_KEY", value_name = "FILE")]
+    pub auth_jwt_key: Option<PathBuf>,
+    /// With authorization on: a token's `iss` must be this.
+    #[arg(long, env = "HERALD_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+    /// With authorization on: a token's `aud` must be or contain this.
+    #[arg(long, env = "HERALD_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+    /// With authorization on: topics requests without a token may read — a
+    /// name, `*` or a prefix like `public.*` (repeatable; comma-separated in
+    /// the environment).
+    #[arg(
+        long,
+        env = "HERALD_PUBLIC_SUBSCRIBE",
+        value_name = "PATTERN",
+        value_delimiter = ','
+    )]
+    pub public_subscribe: Vec<String>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -267,6 +340,9 @@ pub struct ServeConfig {
     pub server: ServerConfig,
     pub subscriber_buffer: usize,
     pub json_logs: bool,
+    /// Settings that work but are probably not what was meant, logged once
+    /// logging is up.
+    pub warnings: Vec<String>,
 }
 
 /// Parses `500ms`, `15s`, `2h`…
@@ -285,7 +361,7 @@ fn positive(flag: &str, text: &str) -> anyhow::Result<Duration> {
 }
 
 /// A duration, or `None` for `off` / `0`.
-fn optional_duration(flag: &str, text: &str) -> anyhow::Result<Option<Duration>> {
+pub fn optional_duration(flag: &str, text: &str) -> anyhow::Result<Option<Duration>> {
     match text.trim() {
         "off" | "none" | "0" => Ok(None),
         other => duration(flag, other).map(|d| (!d.is_zero()).then_some(d)),
@@ -329,6 +405,8 @@ impl ServeArgs {
             bail!("--keepalive must be at least 10ms");
         }
         let long_poll_max = duration("long-poll-max", &self.long_poll_max)?;
+        let mut warnings = Vec::new();
+        let auth = self.auth(&mut warnings)?;
         let log_format = self.log_format.trim();
         if !matches!(log_format, "text" | "json") {
             bail!("--log-format must be text or json");
@@ -354,10 +432,96 @@ impl ServeArgs {
                 idle_timeout: positive("idle-timeout", &self.idle_timeout)?,
                 body_timeout: positive("body-timeout", &self.body_timeout)?,
                 write_timeout: positive("write-timeout", &self.write_timeout)?,
+                auth,
             },
             subscriber_buffer: self.subscriber_buffer,
             json_logs: log_format == "json",
+            warnings,
         })
+    }
+
+    /// The authorization flags, checked, with the key read: `None` when
+    /// authorization is off.
+    ///
+    /// `--public-subscribe`, `--auth-issuer` and `--auth-audience` without a
+    /// key are refused rather than ignored: with authorization off every
+    /// topic is public, and an operator who wrote `--public-subscribe news`
+    /// believes the others are not.
+    fn auth(&self, warnings: &mut Vec<String>) -> anyhow::Result<Option<Arc<Auth>>> {
+        if self.auth_jwt_secret.as_deref() == Some("") {
+            // Refused, not taken as absent: an empty variable in a
+            // deployment that meant to set it would otherwise start a
+            // server open to all.
+            bail!("--auth-jwt-secret is empty (is HERALD_AUTH_JWT_SECRET set to nothing?)");
+        }
+        let key = match (&self.auth_jwt_secret, &self.auth_jwt_key) {
+            (Some(_), Some(_)) => bail!(
+                "--auth-jwt-secret and --auth-jwt-key are exclusive: give a secret (HS256) or a public key file, not both"
+            ),
+            (Some(secret), None) => {
+                if secret.len() < 32 {
+                    warnings.push(
+                        "--auth-jwt-secret is shorter than 32 bytes: HS256 wants at least 256 bits of secret (openssl rand -base64 32)".into(),
+                    );
+                }
+                KeySource::Secret(secret.clone())
+            }
+            (None, Some(path)) => KeySource::File(path.clone()),
+            (None, None) => {
+                for (flag, given) in [
+                    (
+                        "--public-subscribe",
+                        self.public_patterns().next().is_some(),
+                    ),
+                    ("--auth-issuer", self.auth_issuer.is_some()),
+                    ("--auth-audience", self.auth_audience.is_some()),
+                ] {
+                    if given {
+                        bail!(
+                            "{flag} needs --auth-jwt-secret or --auth-jwt-key: without either, authorization is off and every route is open to all"
+                        );
+                    }
+                }
+                return Ok(None);
+            }
+        };
+        let public_subscribe = self
+            .public_patterns()
+            .map(Pattern::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .context("--public-subscribe")?;
+        let config = AuthConfig {
+            issuer: non_empty("auth-issuer", &self.auth_issuer)?,
+            audience: non_empty("auth-audience", &self.auth_audience)?,
+            key,
+            public_subscribe,
+        };
+        let flag = match config.key {
+            KeySource::Secret(_) => "--auth-jwt-secret",
+            KeySource::File(_) => "--auth-jwt-key",
+        };
+        let auth = Auth::new(config).with_context(|| flag.to_owned())?;
+        warnings.extend(auth.warnings());
+        Ok(Some(Arc::new(auth)))
+    }
+}
+
+impl ServeArgs {
+    /// The `--public-subscribe` values; blank ones (an empty variable) are
+    /// none.
+    fn public_patterns(&self) -> impl Iterator<Item = &str> {
+        self.public_subscribe
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+    }
+}
+
+/// An optional text flag, which must not be blank when given.
+fn non_empty(flag: &str, value: &Option<String>) -> anyhow::Result<Option<String>> {
+    match value.as_deref().map(str::trim) {
+        Some("") => bail!("--{flag} must not be empty"),
+        other => Ok(other.map(str::to_owned)),
     }
 }
 
@@ -433,6 +597,86 @@ mod tests {
         assert_eq!(c.hub.keepalive, Duration::from_millis(500));
         assert_eq!(c.server.retry, Duration::from_secs(2));
         assert_eq!(c.retention.max_age, None);
+    }
+
+    #[test]
+    fn auth_flags_build_the_verifier_or_say_what_is_wrong() {
+        use herald_server::auth::Action;
+        assert!(parse(&[]).unwrap().server.auth.is_none());
+        let secret = "k".repeat(32);
+        let c = parse(&[
+            "--auth-jwt-secret",
+            &secret,
+            "--public-subscribe",
+            "public.*",
+            "--public-subscribe",
+            "news",
+        ])
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let auth = c.server.auth.unwrap();
+        assert!(auth.public_allows(&Action::Subscribe("public.a")));
+        assert!(auth.public_allows(&Action::Subscribe("news")));
+        assert!(!auth.public_allows(&Action::Subscribe("sport")));
+        assert_eq!(
+            parse(&["--auth-jwt-secret", "short"])
+                .unwrap()
+                .warnings
+                .len(),
+            1
+        );
+        let key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/crates/server/tests/keys/ec.pub"
+        );
+        let c = parse(&["--auth-jwt-key", key, "--auth-issuer", "me"]).unwrap();
+        assert_eq!(c.server.auth.unwrap().describe(), "ES256; issuer \"me\"");
+
+        let refusal = |args: &[&str]| match parse(args) {
+            Ok(_) => panic!("{args:?} was accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        let both = refusal(&["--auth-jwt-secret", &secret, "--auth-jwt-key", key]);
+        assert!(both.contains("exclusive"), "{both}");
+        let open = refusal(&["--public-subscribe", "news"]);
+        assert!(open.contains("--public-subscribe needs"), "{open}");
+        assert!(refusal(&["--auth-audience", "x"]).contains("--auth-audience needs"));
+        assert!(refusal(&["--auth-jwt-secret", ""]).contains("empty"));
+        let missing = refusal(&["--auth-jwt-key", "/no/such/key.pem"]);
+        assert!(
+            missing.contains("--auth-jwt-key") && missing.contains("/no/such/key.pem"),
+            "{missing}"
+        );
+        let pattern = refusal(&["--auth-jwt-secret", &secret, "--public-subscribe", "a*b"]);
+        assert!(pattern.contains("--public-subscribe"), "{pattern}");
+    }
+
+    #[test]
+    fn token_and_client_token_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "herald",
+            "token",
+            "--secret",
+            "s",
+            "--publish",
+            "a",
+            "--publish",
+            "b.*",
+            "--admin",
+            "--ttl",
+            "30m",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Token(t) => {
+                assert_eq!(t.publish, ["a", "b.*"]);
+                assert!(t.admin && t.subscribe.is_empty());
+                assert_eq!(t.ttl, "30m");
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["herald", "pub", "news", "hi", "--token", "t.t.t"]).unwrap();
+        assert_eq!(cli.token.as_deref(), Some("t.t.t"));
     }
 
     #[test]

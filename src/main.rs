@@ -41,12 +41,19 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Serve(args) => {
             let config = args.validate()?;
             init_logs(config.json_logs, "info");
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
+            }
             runtime.block_on(serve::serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Token(args) => cmd::token::run(args, cmd::Output { json: cli.json }),
         command => {
             init_logs(false, "warn");
-            let client = herald_client::Client::new(cli.url.clone())?;
+            let mut client = herald_client::Client::new(cli.url.clone())?;
+            if let Some(token) = cli.token.as_deref().filter(|t| !t.trim().is_empty()) {
+                client = client.with_token(token)?;
+            }
             let out = cmd::Output { json: cli.json };
             runtime.block_on(cmd::run(client, out, command))
         }

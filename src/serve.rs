@@ -67,6 +67,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     };
     tracing::info!(store = %store.describe(), "store ready");
+    match &config.server.auth {
+        Some(auth) => tracing::info!(keys = %auth.describe(), "authorization on"),
+        None => tracing::info!("authorization off: every route is open"),
+    }
     let heartbeat = Heartbeat::start(config.hub.keepalive, shutdown.clone());
     let hub = Hub::new(
         Arc::clone(&store) as Arc<dyn Store>,

@@ -1,4 +1,5 @@
-//! The client commands: `pub`, `sub` and `task …`, on `herald-client`.
+//! The client commands: `pub`, `sub` and `task …`, on `herald-client`;
+//! and `token`, which needs no server.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use crate::cli::{Command, TaskCommand};
 mod publish;
 mod subscribe;
 mod task;
+pub mod token;
 mod work;
 
 /// How results are printed.
@@ -23,7 +25,7 @@ pub struct Output {
 
 pub async fn run(client: Client, out: Output, command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(_) => unreachable_serve(),
+        Command::Serve(_) | Command::Token(_) => not_a_client_command(),
         Command::Publish(args) => publish::run(&client, out, args).await,
         Command::Subscribe(args) => subscribe::run(&client, out, args).await,
         Command::Task(TaskCommand::Submit(args)) => task::submit(&client, out, args).await,
@@ -33,8 +35,8 @@ pub async fn run(client: Client, out: Output, command: Command) -> anyhow::Resul
     }
 }
 
-fn unreachable_serve() -> anyhow::Result<ExitCode> {
-    anyhow::bail!("serve is not a client command")
+fn not_a_client_command() -> anyhow::Result<ExitCode> {
+    anyhow::bail!("serve and token are not client commands")
 }
 
 /// The argument, or standard input when it is `-` or absent.

@@ -660,13 +660,189 @@ async fn task_status_and_cancel() {
     .refused(&["404"]);
 }
 
+// ----------------------------------------------------------------- tokens
+
+/// The claims of `token`, checked with `secret` as a server would check
+/// them (HS256 only, `iss` and `aud` when asked).
+fn claims_of(token: &str, secret: &str, iss: Option<&str>, aud: Option<&str>) -> Value {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+    let header = decode_header(token).unwrap_or_else(|e| panic!("{e}: {token}"));
+    assert_eq!(header.alg, Algorithm::HS256);
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.required_spec_claims.clear();
+    if let Some(iss) = iss {
+        validation.set_issuer(&[iss]);
+    }
+    match aud {
+        Some(aud) => validation.set_audience(&[aud]),
+        None => validation.validate_aud = false,
+    }
+    let key = DecodingKey::from_secret(secret.as_bytes()).expect("a secret");
+    decode::<Value>(token, &key, &validation)
+        .unwrap_or_else(|e| panic!("{e}: {token}"))
+        .claims
+}
+
+fn unix_now() -> i64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    i64::try_from(secs).expect("seconds fit")
+}
+
+#[tokio::test]
+async fn token_prints_an_hs256_jwt_with_the_asked_claims() {
+    let nowhere = "http://127.0.0.1:1";
+    let ran = run_at(
+        nowhere,
+        &[
+            "token",
+            "--secret",
+            "e2e-secret",
+            "--publish",
+            "news",
+            "--publish",
+            "chat.*",
+            "--subscribe",
+            "*",
+            "--enqueue",
+            "images",
+            "--work",
+            "images",
+            "--admin",
+            "--sub",
+            "alice",
+            "--ttl",
+            "2h",
+            "--issuer",
+            "me",
+            "--audience",
+            "herald",
+        ],
+        None,
+    )
+    .await
+    .ok();
+    let token = ran.line();
+    let claims = claims_of(token, "e2e-secret", Some("me"), Some("herald"));
+    assert_eq!(
+        claims["herald"],
+        json!({"publish": ["news", "chat.*"], "subscribe": ["*"], "enqueue": ["images"],
+               "work": ["images"], "admin": true}),
+        "{claims}"
+    );
+    assert_eq!(claims["sub"], "alice");
+    let iat = claims["iat"].as_i64().expect("iat");
+    assert!((iat - unix_now()).abs() < 60, "{claims}");
+    assert_eq!(claims["exp"].as_i64(), Some(iat + 7200), "{claims}");
+
+    // Another secret does not verify it.
+    let other = jsonwebtoken::DecodingKey::from_secret(b"other").expect("a secret");
+    let mut lax = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    lax.validate_aud = false;
+    assert!(jsonwebtoken::decode::<Value>(token, &other, &lax).is_err());
+
+    // The secret from the environment; --ttl off: no exp; only what was asked.
+    let out = herald(nowhere, &["token", "--subscribe", "news", "--ttl", "off"])
+        .env("HERALD_AUTH_JWT_SECRET", "from-env")
+        .output()
+        .await
+        .expect("herald token");
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).expect("utf-8");
+    let claims = claims_of(token.trim(), "from-env", None, None);
+    assert_eq!(claims["herald"], json!({"subscribe": ["news"]}), "{claims}");
+    assert!(
+        claims.get("exp").is_none() && claims.get("sub").is_none(),
+        "{claims}"
+    );
+
+    run_at(
+        nowhere,
+        &["token", "--secret", "s", "--publish", "a*b"],
+        None,
+    )
+    .await
+    .refused(&["--publish", "a*b"]);
+    run_at(nowhere, &["token", "--secret", "s", "--ttl", "soon"], None)
+        .await
+        .refused(&["--ttl"]);
+}
+
+/// A server that answers every request `401` and hands over each request
+/// head it read.
+async fn refusing_server() -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0_u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+                let body = r#"{"error":{"code":"unauthorized","message":"no"}}"#;
+                let answer = format!(
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\nwww-authenticate: Bearer\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn client_commands_send_the_token_by_flag_or_environment() {
+    let (url, mut heads) = refusing_server().await;
+    let mut next_head = async || {
+        within("a request head", heads.recv())
+            .await
+            .expect("a request")
+            .to_ascii_lowercase()
+    };
+    run_at(&url, &["pub", "news", "hi", "--token", "flag.t.t"], None)
+        .await
+        .refused(&["401", "unauthorized"]);
+    let head = next_head().await;
+    assert!(
+        head.contains("authorization: bearer flag.t.t\r\n"),
+        "{head}"
+    );
+
+    // The environment, and a WebSocket handshake.
+    // `--since all`: no poll first to learn where `now` is.
+    let out = herald(&url, &["sub", "news", "--via", "ws", "--since", "all"])
+        .env("HERALD_TOKEN", "env.t.t")
+        .output();
+    let out = within("herald sub", out).await.expect("herald sub");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let head = next_head().await;
+    assert!(head.starts_with("get /topics/news"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("authorization: bearer env.t.t\r\n"), "{head}");
+}
+
 // ------------------------------------------------------------ help, Ctrl-C
 
 #[tokio::test]
 async fn every_command_has_help_with_an_example() {
-    let commands: [&[&str]; 9] = [
+    let commands: [&[&str]; 10] = [
         &[],
         &["serve"],
+        &["token"],
         &["pub"],
         &["sub"],
         &["task"],

@@ -22,6 +22,9 @@ pub enum Error {
     /// The base URL is not usable.
     #[error("bad URL: {0}")]
     Url(String),
+    /// The token cannot be sent (a character no header may carry).
+    #[error("bad token: {0}")]
+    Token(String),
 }
 
 impl Error {
@@ -33,7 +36,7 @@ impl Error {
             Error::Api { status, .. } | Error::Unexpected { status, .. } => {
                 *status == 503 || *status == 502
             }
-            Error::Decode(_) | Error::Url(_) => false,
+            Error::Decode(_) | Error::Url(_) | Error::Token(_) => false,
         }
     }
 

@@ -27,6 +27,7 @@
 
 use std::time::Duration;
 
+use reqwest::header::HeaderValue;
 use serde::Deserialize;
 
 mod error;
@@ -80,6 +81,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// `Bearer TOKEN`, sent on every request: reqwest's requests get it as
+    /// a default header, WebSocket handshakes from [`Client::ws_request`].
+    authorization: Option<HeaderValue>,
 }
 
 impl Client {
@@ -94,11 +98,50 @@ impl Client {
         // Checked now: a URL that does not parse fails every request, and a
         // subscription would retry it for ever.
         reqwest::Url::parse(&base).map_err(|e| Error::Url(format!("{base:?}: {e}")))?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| Error::Transport(e.to_string()))?;
-        Ok(Client { http, base })
+        Ok(Client {
+            http: http_client(None)?,
+            base,
+            authorization: None,
+        })
+    }
+
+    /// The same client, sending `Authorization: Bearer TOKEN` with every
+    /// request (publish, subscribe by any transport, tasks, workers).
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), herald_client::Error> {
+    /// let client = herald_client::Client::new("http://127.0.0.1:7171")?
+    ///     .with_token("eyJhbGciOi…")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_token(self, token: &str) -> Result<Client, Error> {
+        let mut value = HeaderValue::try_from(format!("Bearer {}", token.trim()))
+            .map_err(|_| Error::Token("it has characters a header cannot carry".into()))?;
+        // Kept out of reqwest's and tungstenite's debug output.
+        value.set_sensitive(true);
+        Ok(Client {
+            http: http_client(Some(&value))?,
+            authorization: Some(value),
+            ..self
+        })
+    }
+
+    /// A WebSocket handshake request for `url` (`ws://…`), with the token.
+    pub(crate) fn ws_request(
+        &self,
+        url: &str,
+    ) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url
+            .into_client_request()
+            .map_err(|e| Error::Url(e.to_string()))?;
+        if let Some(value) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(reqwest::header::AUTHORIZATION, value.clone());
+        }
+        Ok(request)
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -198,6 +241,19 @@ impl Client {
         })
         .await
     }
+}
+
+/// The HTTP client, with `authorization` as a header of every request.
+fn http_client(authorization: Option<&HeaderValue>) -> Result<reqwest::Client, Error> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(value) = authorization {
+        headers.insert(reqwest::header::AUTHORIZATION, value.clone());
+    }
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .default_headers(headers)
+        .build()
+        .map_err(|e| Error::Transport(e.to_string()))
 }
 
 async fn receipt(response: reqwest::Response) -> Result<Receipt, Error> {

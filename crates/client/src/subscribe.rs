@@ -18,7 +18,6 @@ use herald_protocol::sse::{Decoder, Frame};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::error::{self, Error};
 use crate::{Client, Event, encode};
@@ -370,10 +369,10 @@ impl Follow {
     async fn websocket(&mut self) -> Ended {
         let url = self.client.url(&self.path()).replacen("http", "ws", 1);
         // A URL that cannot be made now never will be: that ends it.
-        let mut request = match url.into_client_request() {
+        let mut request = match self.client.ws_request(&url) {
             Ok(r) => r,
             Err(e) => {
-                let _ = self.tx.send(Err(Error::Url(e.to_string()))).await;
+                let _ = self.tx.send(Err(e)).await;
                 return Ended::Stop;
             }
         };

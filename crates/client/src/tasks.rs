@@ -230,7 +230,8 @@ impl Client {
             .url(&format!("/tasks/{}/events", encode(id)))
             .replacen("http", "ws", 1);
         loop {
-            let (mut socket, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
+            let request = self.ws_request(&url)?;
+            let (mut socket, _) = match tokio_tungstenite::connect_async(request).await {
                 Ok(s) => s,
                 Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
                     let status = r.status().as_u16();

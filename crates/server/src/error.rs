@@ -39,6 +39,18 @@ pub enum ApiError {
     Reserved(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// No token where one is needed: `401` with `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A token was given but is not accepted (malformed, badly signed,
+    /// expired, another issuer…): `401` with `WWW-Authenticate: Bearer
+    /// error="invalid_token"` (RFC 6750 §3.1). Same code as
+    /// [`ApiError::Unauthorized`]; only the header tells them apart.
+    #[error("{0}")]
+    InvalidToken(String),
+    /// A valid token whose scopes do not cover the request: `403`.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Unavailable(String),
     /// The store cannot be reached; the detail is for the log.
@@ -65,7 +77,8 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::Reserved(_) => StatusCode::FORBIDDEN,
+            ApiError::Reserved(_) | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized(_) | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotUtf8 => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -94,6 +107,8 @@ impl ApiError {
             ApiError::HeadTooLarge => "head_too_large",
             ApiError::Reserved(_) => "reserved_topic",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Unauthorized(_) | ApiError::InvalidToken(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::Unavailable(_) | ApiError::StoreDown(_) => "unavailable",
             ApiError::OutcomeUnknown { .. } => "outcome_unknown",
             ApiError::Internal(_) => "internal",
@@ -116,6 +131,25 @@ impl ApiError {
         ApiError::BadQuery {
             param,
             reason: reason.into(),
+        }
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        if e.token_presented() {
+            ApiError::InvalidToken(e.to_string())
+        } else {
+            ApiError::Unauthorized(e.to_string())
+        }
+    }
+}
+
+impl From<crate::auth::Denied> for ApiError {
+    fn from(d: crate::auth::Denied) -> Self {
+        match d {
+            crate::auth::Denied::Unauthorized(e) => e.into(),
+            crate::auth::Denied::Forbidden(why) => ApiError::Forbidden(why),
         }
     }
 }
@@ -186,10 +220,56 @@ impl ApiError {
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        // RFC 6750 §3: a 401 says which scheme would do; `error` only when
+        // a token was given and refused.
+        match &self {
+            ApiError::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::InvalidToken(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            _ => {}
+        }
         Whole {
             status,
             headers,
             body: Bytes::from(body.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{AuthError, Denied};
+
+    fn challenge(e: ApiError) -> (StatusCode, Option<String>, String) {
+        let whole = e.whole();
+        let header = whole
+            .headers
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = String::from_utf8_lossy(&whole.body).into_owned();
+        (whole.status, header, body)
+    }
+
+    #[test]
+    fn refusals_by_auth_are_401_with_a_challenge_or_403() {
+        let (status, header, body) = challenge(AuthError::Missing.into());
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(header.as_deref(), Some("Bearer"));
+        assert!(body.contains(r#""code":"unauthorized""#), "{body}");
+        let (status, header, _) = challenge(AuthError::Expired.into());
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(header.as_deref(), Some(r#"Bearer error="invalid_token""#));
+        let (status, header, body) = challenge(Denied::Forbidden("no".into()).into());
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(header, None);
+        assert!(body.contains(r#""code":"forbidden""#), "{body}");
     }
 }

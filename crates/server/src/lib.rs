@@ -6,6 +6,7 @@ use axum::routing::{get, post};
 
 mod answer;
 mod api_queue;
+pub mod auth;
 mod body;
 mod counter;
 pub mod direct;

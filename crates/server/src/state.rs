@@ -11,6 +11,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
+
 /// Settings of the HTTP layer, validated by the binary before start-up.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -33,6 +35,9 @@ pub struct ServerConfig {
     /// How long a socket may take nothing of what the server writes to it
     /// before the connection is closed (a stream cut off as slow).
     pub write_timeout: Duration,
+    /// Who may do what (`--auth-jwt-secret` / `--auth-jwt-key`); `None`
+    /// leaves every route open. Shared: every request reads it.
+    pub auth: Option<Arc<Auth>>,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +51,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(75),
             body_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
+            auth: None,
         }
     }
 }
