@@ -312,6 +312,17 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub public_subscribe: Vec<String>,
+    /// An origin whose pages may read herald's answers (repeatable, or `*`;
+    /// comma-separated in the environment): preflights are answered, and
+    /// listed origins may send the `herald_token` cookie. With it set,
+    /// WebSockets from other origins are refused.
+    #[arg(
+        long,
+        env = "HERALD_CORS_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origin: Vec<String>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -433,6 +444,8 @@ impl ServeArgs {
                 body_timeout: positive("body-timeout", &self.body_timeout)?,
                 write_timeout: positive("write-timeout", &self.write_timeout)?,
                 auth,
+                cors: herald_server::cors::Origins::parse(&self.cors_origin)
+                    .map_err(anyhow::Error::msg)?,
             },
             subscriber_buffer: self.subscriber_buffer,
             json_logs: log_format == "json",

@@ -4,10 +4,12 @@
 use axum::Router;
 use axum::routing::{get, post};
 
+pub mod access;
 mod answer;
 mod api_queue;
 pub mod auth;
 mod body;
+pub mod cors;
 mod counter;
 pub mod direct;
 pub mod error;
@@ -56,6 +58,11 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn(framing::refuse_ambiguous))
+        // Outermost: every request hyper serves passes the gate first.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::layer,
+        ))
         .with_state(state)
 }
 

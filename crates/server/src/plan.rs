@@ -15,6 +15,8 @@ pub struct Plan {
     /// Headers every answer to the request carries: a stream's head is
     /// these, a long poll's answer (parked ones too) adds its own.
     pub headers: HeaderMap,
+    /// When the caller's token expires: a stream ends then.
+    pub until: Option<Instant>,
 }
 
 /// How the request is carried out.

@@ -169,6 +169,7 @@ struct BatchLine {
 /// own `idempotency_key` wins), so a retried batch publishes nothing twice.
 pub async fn batch(
     State(state): State<AppState>,
+    caller: crate::access::Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -195,6 +196,12 @@ pub async fn batch(
     if batch.is_empty() {
         return Err(ApiError::BadRequest("the batch holds no events".into()));
     }
+    // All or nothing: one line outside the token's scope refuses the batch.
+    let actions: Vec<_> = batch
+        .iter()
+        .map(|e| crate::auth::Action::Publish(e.topic.as_str()))
+        .collect();
+    caller.allow(&actions)?;
     let out = state
         .hub()
         .publish(batch)

@@ -38,6 +38,8 @@ pub struct ServerConfig {
     /// Who may do what (`--auth-jwt-secret` / `--auth-jwt-key`); `None`
     /// leaves every route open. Shared: every request reads it.
     pub auth: Option<Arc<Auth>>,
+    /// Origins whose pages may read answers (`--cors-origin`).
+    pub cors: crate::cors::Origins,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +54,7 @@ impl Default for ServerConfig {
             body_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
             auth: None,
+            cors: crate::cors::Origins::default(),
         }
     }
 }

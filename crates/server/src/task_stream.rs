@@ -54,6 +54,7 @@ pub async fn open(
 
 pub async fn events(
     State(state): State<AppState>,
+    caller: crate::access::Caller,
     path: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -61,6 +62,7 @@ pub async fn events(
         Ok(Path(raw)) => task_id(&raw)?,
         Err(e) => return Err(ApiError::BadTaskId(e.body_text())),
     };
+    crate::tasks::allow_task(&state, &caller, id, crate::tasks::Scope::Enqueue).await?;
     let (mut parts, _body) = request.into_parts();
     let query = Query::parse(parts.uri.query());
     let transport = negotiate(&parts.headers, &query)?;

@@ -13,6 +13,8 @@ use herald_core::task::engine::Waited;
 use herald_core::task::{Cancel, NewTask, Op, Payload, Task, TaskId};
 use serde::Deserialize;
 
+use crate::access::Caller;
+use crate::auth::Action;
 use crate::body::read_text;
 use crate::error::ApiError;
 use crate::publish::path_topic;
@@ -113,10 +115,12 @@ pub async fn enqueue(
 /// poll); with `wait`, `408` (the task itself) when the wait runs out.
 pub async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let id = path_id(path)?;
+    allow_task(&state, &caller, id, Scope::Enqueue).await?;
     let query = Query::parse(raw.as_deref());
     if query.get("wait").is_some() {
         let max = state.config().long_poll_max;
@@ -144,10 +148,12 @@ pub async fn get(
 /// running task, `409` already finished.
 pub async fn cancel(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = path_id(path)?;
+    allow_task(&state, &caller, id, Scope::Enqueue).await?;
     let (task, how) = update(&state, id, Op::Cancel, &headers).await?;
     let status = match how {
         Some(Cancel::Requested) => StatusCode::ACCEPTED,
@@ -204,6 +210,35 @@ struct Failure {
     retry: bool,
 }
 
+/// Which of a queue's scopes a call on one of its tasks needs.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope {
+    /// Reading, waiting on, cancelling: `enqueue`.
+    Enqueue,
+    /// Progress, complete, fail: `work`.
+    Work,
+}
+
+/// Whether the caller may act on task `id` as `scope` of the task's queue.
+/// The task is read only when authorization is on; an unknown task is
+/// `404` (the caller's token is valid: the gate checked it).
+pub async fn allow_task(
+    state: &AppState,
+    caller: &Caller,
+    id: TaskId,
+    scope: Scope,
+) -> Result<(), ApiError> {
+    if !caller.checks() {
+        return Ok(());
+    }
+    let (task, _) = state.tasks().get(id).await?.ok_or(ApiError::NotFound)?;
+    let queue = task.queue.as_str();
+    caller.allow(&[match scope {
+        Scope::Enqueue => Action::Enqueue(queue),
+        Scope::Work => Action::Work(queue),
+    }])
+}
+
 /// Applies a client's or worker's change. An `Idempotency-Key` names the
 /// call, so that after an `outcome_unknown` answer its retry gets the first
 /// call's outcome.
@@ -234,11 +269,13 @@ async fn json_body<T: serde::de::DeserializeOwned>(
 /// `POST /tasks/{id}/progress` `{"progress","message"}`: extends the lease.
 pub async fn progress(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let id = path_id(path)?;
+    allow_task(&state, &caller, id, Scope::Work).await?;
     let p: Progress = json_body(
         &state,
         &headers,
@@ -263,11 +300,13 @@ pub async fn progress(
 /// `POST /tasks/{id}/complete`, body = result.
 pub async fn complete(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let id = path_id(path)?;
+    allow_task(&state, &caller, id, Scope::Work).await?;
     let op = Op::Complete {
         token: lease_token(&headers),
         result: payload(&state, &headers, body).await?,
@@ -279,11 +318,13 @@ pub async fn complete(
 /// `POST /tasks/{id}/fail` `{"error","retry"}`.
 pub async fn fail(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let id = path_id(path)?;
+    allow_task(&state, &caller, id, Scope::Work).await?;
     let f: Failure = json_body(
         &state,
         &headers,

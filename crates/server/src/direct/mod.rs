@@ -205,8 +205,15 @@ async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut, fres
     // Asked of the socket here, not kept: an idle subscriber's connection
     // should not carry it.
     let peer = tcp.peer_addr().ok();
-    let decision = subscribe::decide(state, route, &head.view(peer)).await;
+    let view = head.view(peer);
+    // The gate every request passes, as hyper's do in `access::layer`.
+    let cors = crate::cors::headers(state, &view);
+    let decision = match crate::access::admit(state, &view) {
+        Ok(caller) => subscribe::decide(state, &caller, route, &view).await,
+        Err(refused) => Decision::Answer(refused.whole()),
+    };
     drop(head);
+    let decision = with_cors(decision, cors);
     let plan = match decision {
         Decision::Answer(whole) => return answered(direct, tcp, http10, whole).await,
         Decision::Plan(plan) => plan,
@@ -227,6 +234,20 @@ async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut, fres
     }
 }
 
+/// Adds the CORS headers (if any) to whatever was decided.
+fn with_cors(decision: Decision, cors: Option<axum::http::HeaderMap>) -> Decision {
+    match decision {
+        Decision::Answer(mut whole) => {
+            crate::access::extend(&mut whole.headers, cors);
+            Decision::Answer(whole)
+        }
+        Decision::Plan(mut plan) => {
+            crate::access::extend(&mut plan.headers, cors);
+            Decision::Plan(plan)
+        }
+    }
+}
+
 /// Opens a stream and writes its head at once, with whatever the stream
 /// opens with; done here, so that an idle stream carries neither.
 async fn open_stream(
@@ -243,10 +264,11 @@ async fn open_stream(
         Framing::Close
     };
     let head = head::response(http10, StatusCode::OK, &plan.headers, framing, &date());
-    let mut stream = match subscribe::open(&direct.state, plan.topics, &plan.cursor, kind).await {
-        Ok(stream) => stream,
-        Err(whole) => return answered(direct, tcp, http10, whole).await,
-    };
+    let mut stream =
+        match subscribe::open(&direct.state, plan.topics, &plan.cursor, kind, plan.until).await {
+            Ok(stream) => stream,
+            Err(whole) => return answered(direct, tcp, http10, whole).await,
+        };
     let mut out = VecDeque::from([Bytes::from(head)]);
     let mut line = BytesMut::new();
     let written = match &mut stream {

@@ -391,6 +391,7 @@ mod tests {
                 deadline: tokio::time::Instant::now() + Duration::from_secs(60),
             },
             headers: HeaderMap::new(),
+            until: None,
         };
         Setup {
             lots: Lots::new(&store),

@@ -104,6 +104,7 @@ impl RequestHead {
                 Version::HTTP_11
             },
             peer,
+            authority: crate::request::host(&self.headers),
         }
     }
 

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use herald_core::{CursorInput, Topic};
 use tokio::time::Instant;
 
+use crate::access::Caller;
 use crate::answer::Whole;
 use crate::error::ApiError;
 use crate::negotiate::{Transport, negotiate};
@@ -63,8 +64,13 @@ pub enum Decision {
 
 /// Decides a request for `route`: reads its topics, transport, cursor and
 /// limits; answers short polls and errors at once.
-pub async fn decide(state: &AppState, route: Route<'_>, request: &RequestView<'_>) -> Decision {
-    match read(state, route, request) {
+pub async fn decide(
+    state: &AppState,
+    caller: &Caller,
+    route: Route<'_>,
+    request: &RequestView<'_>,
+) -> Decision {
+    match read(state, caller, route, request) {
         Err(e) => Decision::Answer(e.whole()),
         Ok(Read::ShortPoll {
             topics,
@@ -85,7 +91,12 @@ enum Read {
     Plan(Plan),
 }
 
-fn read(state: &AppState, route: Route<'_>, request: &RequestView<'_>) -> Result<Read, ApiError> {
+fn read(
+    state: &AppState,
+    caller: &Caller,
+    route: Route<'_>,
+    request: &RequestView<'_>,
+) -> Result<Read, ApiError> {
     let query = Query::parse(request.query);
     let topics = match route {
         Route::Topic(segment) => vec![path_topic(segment)?],
@@ -136,7 +147,16 @@ fn read(state: &AppState, route: Route<'_>, request: &RequestView<'_>) -> Result
         cursor,
         mode,
         headers,
+        until: caller.expires().map(instant_of),
     }))
+}
+
+/// A wall-clock time as the runtime's clock reads it (now, if past).
+fn instant_of(at: std::time::SystemTime) -> Instant {
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    Instant::now() + left
 }
 
 /// The cursor a request carries: the `Last-Event-ID` header wins over the

@@ -8,9 +8,10 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use herald_core::{CursorInput, StoreError, Topic};
 
+use crate::access::Caller;
 use crate::answer::Whole;
 use crate::error::ApiError;
-use crate::request::{Peer, RequestView};
+use crate::request::RequestView;
 use crate::state::AppState;
 use crate::transport::long_poll::{self, Polled};
 use crate::transport::sse::{self, SseEncoder};
@@ -25,20 +26,18 @@ pub use decide::{Decision, Mode, Plan, Route, StreamKind, decide, route};
 /// through hyper.
 pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let (mut parts, _body) = request.into_parts();
-    let view = RequestView {
-        method: &parts.method,
-        path: parts.uri.path(),
-        query: parts.uri.query(),
-        headers: &parts.headers,
-        version: parts.version,
-        peer: parts.extensions.get::<Peer>().map(|p| p.0),
-    };
+    let view = RequestView::of_parts(&parts);
     // The router sends only the subscribe routes here.
     let Some(route) = route(view.path) else {
         return ApiError::NotFound.into_response();
     };
     metrics::counter!("herald_subscribe_requests_total", "stack" => "hyper").increment(1);
-    let plan = match decide(&state, route, &view).await {
+    // Put there by the gate every hyper request passes (`access::layer`).
+    let Some(caller) = parts.extensions.get::<Caller>().cloned() else {
+        return ApiError::Internal("a subscribe request did not pass the gate".into())
+            .into_response();
+    };
+    let plan = match decide(&state, &caller, route, &view).await {
         Decision::Answer(whole) => return whole.into_response(),
         Decision::Plan(plan) => plan,
     };
@@ -49,7 +48,12 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
                 Err(e) => return e.into_response(),
             };
             match state.hub().subscribe(plan.topics, &plan.cursor).await {
-                Ok(sub) => ws::respond(&state, upgrade, sub),
+                Ok(mut sub) => {
+                    if let Some(until) = plan.until {
+                        sub.end_at(until);
+                    }
+                    ws::respond(&state, upgrade, sub)
+                }
                 Err(e) => ApiError::from(e).into_response(),
             }
         }
@@ -62,7 +66,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
             }
         }
         Mode::Stream(kind) => {
-            let body = match open(&state, plan.topics, &plan.cursor, kind).await {
+            let body = match open(&state, plan.topics, &plan.cursor, kind, plan.until).await {
                 Ok(Stream::Sse(outbox)) => streaming_body(*outbox),
                 Ok(Stream::Ndjson(outbox)) => streaming_body(*outbox),
                 Err(whole) => return whole.into_response(),
@@ -88,8 +92,14 @@ pub async fn open(
     topics: Vec<Topic>,
     cursor: &CursorInput,
     kind: StreamKind,
+    until: Option<tokio::time::Instant>,
 ) -> Result<Stream, Whole> {
-    let opened = state.hub().subscribe(topics, cursor).await;
+    let opened = state.hub().subscribe(topics, cursor).await.map(|mut sub| {
+        if let Some(until) = until {
+            sub.end_at(until);
+        }
+        sub
+    });
     match (kind, opened) {
         (StreamKind::Sse { comment }, Ok(sub)) => {
             let encoder = SseEncoder { comment };
