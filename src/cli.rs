@@ -323,6 +323,25 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_origin: Vec<String>,
+    /// Most open connections; beyond it new ones get `503` and are closed.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most open subscriptions (streams, WebSockets, long polls) per
+    /// client — its token's subject, else its address; beyond it `429`.
+    #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS_PER_CLIENT", value_name = "N")]
+    pub max_subscriptions_per_client: Option<usize>,
+    /// Events per second each client may publish (bursts of twice as
+    /// many); beyond it `429` with `Retry-After`.
+    #[arg(long, env = "HERALD_PUBLISH_RATE", value_name = "R")]
+    pub publish_rate: Option<f64>,
+    /// Most topics one `/subscribe` request may name; beyond it `400`.
+    #[arg(
+        long,
+        env = "HERALD_MAX_TOPICS_PER_SUBSCRIPTION",
+        value_name = "N",
+        default_value_t = 64
+    )]
+    pub max_topics_per_subscription: usize,
     /// Log format: `text` or `json`.
     #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -380,6 +399,33 @@ pub fn optional_duration(flag: &str, text: &str) -> anyhow::Result<Option<Durati
 }
 
 impl ServeArgs {
+    /// The limits flags, checked.
+    fn limits(&self) -> anyhow::Result<herald_server::limits::LimitConfig> {
+        let at_least_one = |name: &str, v: Option<usize>| match v {
+            Some(0) => anyhow::bail!("--{name} must be at least 1"),
+            v => Ok(v),
+        };
+        if self
+            .publish_rate
+            .is_some_and(|r| !(r.is_finite() && r > 0.0))
+        {
+            anyhow::bail!("--publish-rate must be a positive number of events per second");
+        }
+        Ok(herald_server::limits::LimitConfig {
+            max_connections: at_least_one("max-connections", self.max_connections)?,
+            max_subscriptions_per_client: at_least_one(
+                "max-subscriptions-per-client",
+                self.max_subscriptions_per_client,
+            )?,
+            publish_rate: self.publish_rate,
+            max_topics_per_subscription: at_least_one(
+                "max-topics-per-subscription",
+                Some(self.max_topics_per_subscription),
+            )?
+            .unwrap_or(64),
+        })
+    }
+
     pub fn validate(&self) -> anyhow::Result<ServeConfig> {
         let store = match self.store.trim() {
             "memory" => StoreChoice::Memory,
@@ -446,6 +492,7 @@ impl ServeArgs {
                 auth,
                 cors: herald_server::cors::Origins::parse(&self.cors_origin)
                     .map_err(anyhow::Error::msg)?,
+                limits: self.limits()?,
             },
             subscriber_buffer: self.subscriber_buffer,
             json_logs: log_format == "json",

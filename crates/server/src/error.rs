@@ -61,6 +61,9 @@ pub enum ApiError {
     /// client can retry with, when the call had one.
     #[error("{}", outcome_unknown_message(.key.as_deref()))]
     OutcomeUnknown { key: Option<String>, detail: String },
+    /// A limit was reached (`429`): try again after `retry_after` seconds.
+    #[error("{message}")]
+    TooMany { message: String, retry_after: u64 },
     #[error("internal error")]
     Internal(String),
 }
@@ -86,6 +89,7 @@ impl ApiError {
             ApiError::Unavailable(_) | ApiError::StoreDown(_) | ApiError::OutcomeUnknown { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -111,6 +115,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Unavailable(_) | ApiError::StoreDown(_) => "unavailable",
             ApiError::OutcomeUnknown { .. } => "outcome_unknown",
+            ApiError::TooMany { .. } => "too_many_requests",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -219,6 +224,9 @@ impl ApiError {
             ApiError::StoreDown(_) | ApiError::OutcomeUnknown { .. }
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::TooMany { retry_after, .. } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         // RFC 6750 §3: a 401 says which scheme would do; `error` only when
         // a token was given and refused.

@@ -15,6 +15,7 @@ pub mod direct;
 pub mod error;
 mod framing;
 pub mod http1;
+pub mod limits;
 mod listener;
 pub mod negotiate;
 mod notifications;

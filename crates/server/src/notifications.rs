@@ -37,6 +37,7 @@ fn notifications_topic() -> Result<Topic, ApiError> {
 /// `POST /api/notifications` `{"type","message"}` → `ok`.
 pub async fn notify(
     State(state): State<AppState>,
+    caller: crate::access::Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<&'static str, ApiError> {
@@ -49,6 +50,7 @@ pub async fn notify(
         data: format!("{}: {}", n.kind, n.message),
         idempotency_key: None,
     };
+    state.limits().publish(&caller.client, 1)?;
     state.hub().publish(vec![new]).await?;
     Ok("ok")
 }

@@ -17,6 +17,9 @@ pub struct Plan {
     pub headers: HeaderMap,
     /// When the caller's token expires: a stream ends then.
     pub until: Option<Instant>,
+    /// The caller's place under `--max-subscriptions-per-client`, held
+    /// for as long as the stream, socket or long poll.
+    pub slot: Option<crate::limits::Slot>,
 }
 
 /// How the request is carried out.

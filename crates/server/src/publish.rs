@@ -123,6 +123,7 @@ fn created(body: Vec<u8>, replayed: bool) -> Response {
 /// `POST /topics/{topic}[?event=TYPE]`: the body is the event's data.
 pub async fn one(
     State(state): State<AppState>,
+    caller: crate::access::Caller,
     path: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -139,6 +140,7 @@ pub async fn one(
         data,
         idempotency_key: idempotency_key.clone(),
     };
+    state.limits().publish(&caller.client, 1)?;
     let out = state
         .hub()
         .publish(vec![new])
@@ -202,6 +204,7 @@ pub async fn batch(
         .map(|e| crate::auth::Action::Publish(e.topic.as_str()))
         .collect();
     caller.allow(&actions)?;
+    state.limits().publish(&caller.client, batch.len())?;
     let out = state
         .hub()
         .publish(batch)

@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub auth: Option<Arc<Auth>>,
     /// Origins whose pages may read answers (`--cors-origin`).
     pub cors: crate::cors::Origins,
+    /// How much one client, and all of them, may take.
+    pub limits: crate::limits::LimitConfig,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +57,7 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(10),
             auth: None,
             cors: crate::cors::Origins::default(),
+            limits: crate::limits::LimitConfig::default(),
         }
     }
 }
@@ -73,6 +76,7 @@ struct Inner {
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
     sockets: TaskTracker,
+    limits: Arc<crate::limits::Limits>,
     /// The `retry:` line and comment every SSE stream opens with, encoded once.
     sse_preamble: Bytes,
 }
@@ -86,6 +90,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 sse_preamble: herald_protocol::sse::preamble(retry_ms, "herald"),
+                limits: crate::limits::Limits::new(config.limits),
                 hub,
                 tasks,
                 config,
@@ -119,6 +124,11 @@ impl AppState {
     /// Tracks WebSocket tasks, which the HTTP server does not wait for.
     pub fn sockets(&self) -> &TaskTracker {
         &self.inner.sockets
+    }
+
+    /// The live counts the limits are checked against.
+    pub fn limits(&self) -> &Arc<crate::limits::Limits> {
+        &self.inner.limits
     }
 
     pub fn sse_preamble(&self) -> Bytes {

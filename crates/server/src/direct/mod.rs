@@ -264,11 +264,19 @@ async fn open_stream(
         Framing::Close
     };
     let head = head::response(http10, StatusCode::OK, &plan.headers, framing, &date());
-    let mut stream =
-        match subscribe::open(&direct.state, plan.topics, &plan.cursor, kind, plan.until).await {
-            Ok(stream) => stream,
-            Err(whole) => return answered(direct, tcp, http10, whole).await,
-        };
+    let mut stream = match subscribe::open(
+        &direct.state,
+        plan.topics,
+        &plan.cursor,
+        kind,
+        plan.until,
+        plan.slot,
+    )
+    .await
+    {
+        Ok(stream) => stream,
+        Err(whole) => return answered(direct, tcp, http10, whole).await,
+    };
     let mut out = VecDeque::from([Bytes::from(head)]);
     let mut line = BytesMut::new();
     let written = match &mut stream {

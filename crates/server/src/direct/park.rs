@@ -392,6 +392,7 @@ mod tests {
             },
             headers: HeaderMap::new(),
             until: None,
+            slot: None,
         };
         Setup {
             lots: Lots::new(&store),

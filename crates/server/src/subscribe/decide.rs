@@ -26,7 +26,8 @@ use crate::request::RequestView;
 use crate::state::AppState;
 use crate::transport::{poll, sse, stream};
 
-/// Most topics one `/subscribe` request may name.
+/// Most topics one `/subscribe` request may name, unless configured
+/// otherwise (`--max-topics-per-subscription`).
 pub const MAX_TOPICS: usize = 64;
 
 /// Which subscribe route a path is.
@@ -100,7 +101,9 @@ fn read(
     let query = Query::parse(request.query);
     let topics = match route {
         Route::Topic(segment) => vec![path_topic(segment)?],
-        Route::Subscribe => query_topics(&query)?,
+        Route::Subscribe => {
+            query_topics(&query, state.config().limits.max_topics_per_subscription)?
+        }
         Route::Notifications => vec![topic(NOTIFICATIONS_TOPIC)?],
     };
     // The article's client is an EventSource: SSE whatever it asks.
@@ -148,6 +151,7 @@ fn read(
         mode,
         headers,
         until: caller.expires().map(instant_of),
+        slot: state.limits().subscription(&caller.client)?,
     }))
 }
 
@@ -182,7 +186,7 @@ fn path_topic(segment: &str) -> Result<Topic, ApiError> {
 }
 
 /// The topics of `/subscribe?topic=…&topic=…`, each once, in order.
-fn query_topics(query: &Query) -> Result<Vec<Topic>, ApiError> {
+fn query_topics(query: &Query, max: usize) -> Result<Vec<Topic>, ApiError> {
     let mut topics: Vec<Topic> = Vec::new();
     for name in query.all("topic") {
         let t = topic(name)?;
@@ -193,10 +197,11 @@ fn query_topics(query: &Query) -> Result<Vec<Topic>, ApiError> {
     if topics.is_empty() {
         return Err(ApiError::bad_query("topic", "name at least one topic"));
     }
-    if topics.len() > MAX_TOPICS {
+    if topics.len() > max {
+        crate::limits::refused("topics_per_subscription");
         return Err(ApiError::bad_query(
             "topic",
-            format!("at most {MAX_TOPICS} topics"),
+            format!("at most {max} topics"),
         ));
     }
     Ok(topics)
@@ -244,14 +249,14 @@ mod tests {
     #[test]
     fn repeated_topics_count_once_and_at_most_64() {
         let q = Query::parse(Some("topic=a&topic=b&topic=a"));
-        let names: Vec<String> = query_topics(&q)
+        let names: Vec<String> = query_topics(&q, MAX_TOPICS)
             .unwrap()
             .iter()
             .map(|t| t.as_str().to_owned())
             .collect();
         assert_eq!(names, ["a", "b"]);
         let many: Vec<String> = (0..=MAX_TOPICS).map(|i| format!("topic=t{i}")).collect();
-        assert!(query_topics(&Query::parse(Some(&many.join("&")))).is_err());
-        assert!(query_topics(&Query::parse(Some("x=1"))).is_err());
+        assert!(query_topics(&Query::parse(Some(&many.join("&"))), MAX_TOPICS).is_err());
+        assert!(query_topics(&Query::parse(Some("x=1")), MAX_TOPICS).is_err());
     }
 }

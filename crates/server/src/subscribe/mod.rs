@@ -52,7 +52,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
                     if let Some(until) = plan.until {
                         sub.end_at(until);
                     }
-                    ws::respond(&state, upgrade, sub)
+                    ws::respond(&state, upgrade, sub, plan.slot)
                 }
                 Err(e) => ApiError::from(e).into_response(),
             }
@@ -66,7 +66,15 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
             }
         }
         Mode::Stream(kind) => {
-            let body = match open(&state, plan.topics, &plan.cursor, kind, plan.until).await {
+            let opened = open(
+                &state,
+                plan.topics,
+                &plan.cursor,
+                kind,
+                plan.until,
+                plan.slot,
+            );
+            let body = match opened.await {
                 Ok(Stream::Sse(outbox)) => streaming_body(*outbox),
                 Ok(Stream::Ndjson(outbox)) => streaming_body(*outbox),
                 Err(whole) => return whole.into_response(),
@@ -93,6 +101,7 @@ pub async fn open(
     cursor: &CursorInput,
     kind: StreamKind,
     until: Option<tokio::time::Instant>,
+    slot: Option<crate::limits::Slot>,
 ) -> Result<Stream, Whole> {
     let opened = state.hub().subscribe(topics, cursor).await.map(|mut sub| {
         if let Some(until) = until {
@@ -102,16 +111,19 @@ pub async fn open(
     });
     match (kind, opened) {
         (StreamKind::Sse { comment }, Ok(sub)) => {
-            let encoder = SseEncoder { comment };
-            Ok(Stream::Sse(Box::new(sse::outbox(state, sub, encoder))))
+            let mut outbox = sse::outbox(state, sub, SseEncoder { comment });
+            outbox.hold(slot);
+            Ok(Stream::Sse(Box::new(outbox)))
         }
         (StreamKind::Sse { .. }, Err(StoreError::Unavailable(why))) => {
             tracing::warn!(%why, "an SSE client was asked to retry: the store is unavailable");
             Err(sse::retry_later(state))
         }
-        (StreamKind::Ndjson, Ok(sub)) => Ok(Stream::Ndjson(Box::new(
-            crate::transport::stream::outbox(sub),
-        ))),
+        (StreamKind::Ndjson, Ok(sub)) => {
+            let mut outbox = crate::transport::stream::outbox(sub);
+            outbox.hold(slot);
+            Ok(Stream::Ndjson(Box::new(outbox)))
+        }
         (_, Err(e)) => Err(ApiError::from(e).whole()),
     }
 }

@@ -135,6 +135,9 @@ pub struct Outbox<E> {
     /// The subscription ended; what is queued is the last to send.
     ended: bool,
     _gauge: SubscriptionGauge,
+    /// The client's place under its limit, given back with the stream
+    /// (boxed: most streams have none, and every idle one holds this).
+    _slot: Option<Box<crate::limits::Slot>>,
 }
 
 impl<E: Encode> Outbox<E> {
@@ -151,7 +154,13 @@ impl<E: Encode> Outbox<E> {
             transport,
             ended: false,
             _gauge: SubscriptionGauge::open(transport),
+            _slot: None,
         }
+    }
+
+    /// Holds the client's place under its limit for as long as the stream.
+    pub fn hold(&mut self, slot: Option<crate::limits::Slot>) {
+        self._slot = slot.map(Box::new);
     }
 
     /// Waits until there is something to send, then takes whatever else is

@@ -104,11 +104,18 @@ pub async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
 }
 
 /// Upgrades the connection and streams `sub` over it.
-pub fn respond(state: &AppState, upgrade: WebSocketUpgrade, sub: Subscription) -> Response {
-    self::upgrade(state, upgrade, move |socket| run(socket, sub))
+pub fn respond(
+    state: &AppState,
+    upgrade: WebSocketUpgrade,
+    sub: Subscription,
+    slot: Option<crate::limits::Slot>,
+) -> Response {
+    self::upgrade(state, upgrade, move |socket| run(socket, sub, slot))
 }
 
-async fn run(mut socket: WebSocket, mut sub: Subscription) {
+/// Serves the socket; `_slot` (the client's place under its limit) is
+/// held until it closes.
+async fn run(mut socket: WebSocket, mut sub: Subscription, _slot: Option<crate::limits::Slot>) {
     let _gauge = SubscriptionGauge::open(Transport::WebSocket);
     let counters = StreamCounters::default();
     loop {
