@@ -39,6 +39,7 @@ pub fn describe_metrics() {
         "herald_events_published_total",
         "herald_events_delivered_total",
         "herald_subscribers_dropped_total",
+        "herald_store_reads_shared_total",
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -62,6 +63,10 @@ pub fn describe_metrics() {
     metrics::describe_histogram!(
         "herald_store_seconds",
         "Time taken by store calls, by operation."
+    );
+    metrics::describe_counter!(
+        "herald_store_reads_shared_total",
+        "Store reads answered by another caller's identical read already in flight (the store read once for both)."
     );
 }
 
