@@ -22,6 +22,10 @@
 //! and long polls watch their topic while they read, so storms are covered,
 //! and a short poll of a topic nobody follows does not pay for a fan-out
 //! ring of its own (a `--subscriber-buffer` of slots) just to be shared.
+//!
+//! Clients a page apart still read the same rows in different reads; the
+//! events of a shared read are swapped for copies already in memory
+//! ([`recent`]), so a storm holds each event about once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +41,9 @@ use crate::error::StoreError;
 use crate::event::EventId;
 use crate::fanout::{Fanout, Watch};
 use crate::name::Topic;
+use recent::Recent;
+
+mod recent;
 
 /// What a read is asked: topic, the id it reads after (`None`: the oldest),
 /// and the limit. `ReadFrom` itself is not `Hash`.
@@ -53,6 +60,7 @@ pub struct SharedReads {
     /// topic.
     fanout: Arc<Fanout>,
     flights: Arc<Flights>,
+    recent: Arc<Recent>,
     /// `herald_store_reads_shared_total`: reads answered by another caller's
     /// read. Store reads done = `herald_store_seconds_count{op="read"}` minus
     /// this.
@@ -136,6 +144,7 @@ impl SharedReads {
             inner,
             fanout,
             flights: Arc::default(),
+            recent: Arc::default(),
             shared: metrics::counter!("herald_store_reads_shared_total"),
         }
     }
@@ -167,11 +176,13 @@ impl SharedReads {
             key: key.clone(),
             id,
         };
-        let inner = Arc::clone(&self.inner);
+        let (inner, recent) = (Arc::clone(&self.inner), Arc::clone(&self.recent));
         let topic = topic.clone();
         let read = async move {
             let _landing = landing;
-            inner.read(&topic, from, limit).await
+            let mut page = inner.read(&topic, from, limit).await?;
+            recent.share(&topic, &mut page);
+            Ok(page)
         }
         .boxed()
         .shared();
