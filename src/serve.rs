@@ -10,6 +10,7 @@ use herald_core::heartbeat::Heartbeat;
 use herald_core::store::Store;
 use herald_core::store::memory::MemoryStore;
 use herald_core::store::redis::RedisStore;
+use herald_core::store::shared::SharedReads;
 use herald_core::store::sqlite::{SqliteConfig, SqliteStore};
 use herald_core::task::TaskStore;
 use herald_core::task::engine::Tasks;
@@ -45,9 +46,18 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let metrics = install_metrics()?;
     let shutdown = CancellationToken::new();
     let fanout = Fanout::new(config.subscriber_buffer);
+    // Reads that wait on a disk or a network are shared by the callers
+    // asking for the same page at once: a reconnect storm reads each page
+    // once, not once per client. Not the memory store's: its read answers
+    // in the poll that starts it, so no other caller is ever waiting on it
+    // (a storm shared none of 8,000), and its pages already hold the
+    // store's own events rather than copies.
+    let shared = |store: Arc<dyn Store>| -> Arc<dyn Store> {
+        Arc::new(SharedReads::new(store, Arc::clone(&fanout)))
+    };
     let (store, task_store): (Arc<dyn Store>, Arc<dyn TaskStore>) = match &config.store {
         StoreChoice::Memory => {
-            let memory = MemoryStore::new(config.retention, fanout);
+            let memory = MemoryStore::new(config.retention, Arc::clone(&fanout));
             (memory.clone(), memory)
         }
         StoreChoice::File { dir, max_bytes } => {
@@ -56,14 +66,15 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 retention: config.retention,
                 max_bytes: *max_bytes,
             };
-            let sqlite = SqliteStore::open(sqlite, fanout).context("opening the embedded store")?;
-            (sqlite.clone(), sqlite)
+            let sqlite = SqliteStore::open(sqlite, Arc::clone(&fanout))
+                .context("opening the embedded store")?;
+            (shared(sqlite.clone()), sqlite)
         }
         StoreChoice::Redis { url } => {
-            let redis = RedisStore::connect(url, config.retention, fanout)
+            let redis = RedisStore::connect(url, config.retention, Arc::clone(&fanout))
                 .await
                 .context("connecting to Redis")?;
-            (redis.clone(), redis)
+            (shared(redis.clone()), redis)
         }
     };
     tracing::info!(store = %store.describe(), "store ready");

@@ -61,6 +61,20 @@ impl Fanout {
         }
     }
 
+    /// [`Fanout::watch`], only if `topic` already has subscribers on this
+    /// node: a look at what is sent meanwhile that never builds a ring (a
+    /// whole `capacity` of slots) for itself.
+    pub fn watch_existing(self: &Arc<Self>, topic: &Topic) -> Option<Watch> {
+        let rx = self.lock().get(topic)?.subscribe();
+        Some(Watch {
+            stream: BroadcastStream::new(rx),
+            _guard: WatchGuard {
+                fanout: Arc::clone(self),
+                topic: topic.clone(),
+            },
+        })
+    }
+
     /// Hands stored events to the topics' subscribers. Callers send in the
     /// order the store committed them, per topic: subscribers rely on ids
     /// arriving in increasing order.
@@ -169,6 +183,22 @@ mod tests {
         drop(a);
         assert_eq!(fanout.len(), 1);
         drop(b);
+        assert!(fanout.is_empty());
+    }
+
+    #[tokio::test]
+    async fn watching_an_existing_ring_never_builds_one() {
+        let fanout = Fanout::new(8);
+        let t = Topic::new("t").unwrap();
+        assert!(fanout.watch_existing(&t).is_none());
+        assert!(fanout.is_empty());
+        let first = fanout.watch(&t);
+        let mut second = fanout.watch_existing(&t).unwrap();
+        fanout.send(&[ev(&t, 1)]);
+        assert_eq!(second.next().await.unwrap().unwrap().id.seq, 1);
+        drop(first);
+        assert_eq!(fanout.len(), 1);
+        drop(second);
         assert!(fanout.is_empty());
     }
 

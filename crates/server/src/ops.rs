@@ -41,6 +41,7 @@ pub fn describe_metrics() {
         "herald_subscribers_dropped_total",
         "herald_store_writes_resent_total",
         "herald_store_outcome_unknown_total",
+        "herald_store_reads_shared_total",
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -72,6 +73,10 @@ pub fn describe_metrics() {
     metrics::describe_histogram!(
         "herald_store_seconds",
         "Time taken by store calls, by operation."
+    );
+    metrics::describe_counter!(
+        "herald_store_reads_shared_total",
+        "Store reads answered by another caller's identical read already in flight (the store read once for both)."
     );
 }
 

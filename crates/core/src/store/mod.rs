@@ -18,6 +18,7 @@ use crate::name::{EventType, Topic};
 pub mod memory;
 pub mod metered;
 pub mod redis;
+pub mod shared;
 pub mod sqlite;
 
 #[cfg(any(test, feature = "contract-tests"))]
