@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, Version};
 
 /// A request as the rules see it: no body (a subscribe request has none).
@@ -17,6 +18,27 @@ pub struct RequestView<'a> {
     pub version: Version,
     /// The client's address, when the stack knows it.
     pub peer: Option<SocketAddr>,
+    /// The `:protocol` of an HTTP/2 extended `CONNECT` (RFC 8441):
+    /// `websocket` is HTTP/2's WebSocket upgrade. None on HTTP/1.
+    pub protocol: Option<&'a str>,
+}
+
+impl<'a> RequestView<'a> {
+    /// A request as hyper read it.
+    pub fn of(parts: &'a Parts) -> RequestView<'a> {
+        RequestView {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            version: parts.version,
+            peer: parts.extensions.get::<Peer>().map(|p| p.0),
+            protocol: parts
+                .extensions
+                .get::<hyper::ext::Protocol>()
+                .map(hyper::ext::Protocol::as_str),
+        }
+    }
 }
 
 /// The client's address, put on every request hyper reads (as an

@@ -104,6 +104,7 @@ impl RequestHead {
                 Version::HTTP_11
             },
             peer,
+            protocol: None,
         }
     }
 

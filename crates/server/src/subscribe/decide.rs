@@ -98,7 +98,7 @@ fn read(state: &AppState, route: Route<'_>, request: &RequestView<'_>) -> Result
             Transport::Sse,
             Some(Bytes::from_static(NOTIFICATION_COMMENT)),
         ),
-        _ => (negotiate(request.headers, &query)?, None),
+        _ => (negotiate(request, &query)?, None),
     };
     // From the beginning for a short poll, from now for everything else.
     let default = if transport == Transport::Poll {

@@ -10,7 +10,7 @@ use herald_core::{CursorInput, StoreError, Topic};
 
 use crate::answer::Whole;
 use crate::error::ApiError;
-use crate::request::{Peer, RequestView};
+use crate::request::RequestView;
 use crate::state::AppState;
 use crate::transport::long_poll::{self, Polled};
 use crate::transport::sse::{self, SseEncoder};
@@ -22,17 +22,11 @@ pub mod decide;
 pub use decide::{Decision, Mode, Plan, Route, StreamKind, decide, route};
 
 /// `GET /topics/{topic}`, `GET /subscribe` and `GET /api/notifications`
-/// through hyper.
+/// through hyper; also the first two as HTTP/2's WebSocket upgrade, an
+/// extended `CONNECT` (RFC 8441).
 pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let (mut parts, _body) = request.into_parts();
-    let view = RequestView {
-        method: &parts.method,
-        path: parts.uri.path(),
-        query: parts.uri.query(),
-        headers: &parts.headers,
-        version: parts.version,
-        peer: parts.extensions.get::<Peer>().map(|p| p.0),
-    };
+    let view = RequestView::of(&parts);
     // The router sends only the subscribe routes here.
     let Some(route) = route(view.path) else {
         return ApiError::NotFound.into_response();
