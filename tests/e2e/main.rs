@@ -25,5 +25,6 @@ mod slow;
 mod sse_wire;
 mod tasks;
 mod timeouts;
+mod tls;
 mod transports;
 mod ways_in;
