@@ -137,3 +137,68 @@ fn read(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh self-signed certificate and key, as PEM.
+    fn pair() -> (String, String) {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        (made.cert.pem(), made.signing_key.serialize_pem())
+    }
+
+    fn write(dir: &Path, (cert, key): &(String, String)) -> (PathBuf, PathBuf) {
+        let paths = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&paths.0, cert).unwrap();
+        std::fs::write(&paths.1, key).unwrap();
+        paths
+    }
+
+    #[test]
+    fn offers_h2_then_http11() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write(dir.path(), &pair());
+        let tls = Tls::load(cert, key).unwrap();
+        assert_eq!(tls.current().alpn_protocols, [&b"h2"[..], b"http/1.1"]);
+    }
+
+    #[test]
+    fn a_reload_swaps_and_a_failed_one_keeps_what_was_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write(dir.path(), &pair());
+        let tls = Tls::load(&cert, &key).unwrap();
+        let first = tls.current();
+        write(dir.path(), &pair());
+        tls.reload().unwrap();
+        let second = tls.current();
+        assert!(!Arc::ptr_eq(&first, &second), "swapped");
+
+        std::fs::write(&key, "not a key").unwrap();
+        let e = tls.reload().unwrap_err();
+        assert!(e.to_string().contains(key.to_str().unwrap()), "{e}");
+        assert!(Arc::ptr_eq(&second, &tls.current()), "kept");
+
+        // A certificate with another certificate's key.
+        let other = pair();
+        std::fs::write(&key, &other.1).unwrap();
+        let e = tls.reload().unwrap_err();
+        assert!(matches!(e, TlsError::Config { .. }), "{e}");
+        assert!(Arc::ptr_eq(&second, &tls.current()), "kept");
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write(dir.path(), &pair());
+        let missing = dir.path().join("missing.pem");
+        let e = Tls::load(&missing, &key).unwrap_err();
+        assert!(matches!(e, TlsError::Cert { .. }), "{e}");
+        assert!(e.to_string().contains("missing.pem"), "{e}");
+        let e = Tls::load(&cert, &missing).unwrap_err();
+        assert!(matches!(e, TlsError::Key { .. }), "{e}");
+        // A key where the certificate should be: no certificate in it.
+        let e = Tls::load(&key, &key).unwrap_err();
+        assert!(matches!(e, TlsError::Cert { .. }), "{e}");
+    }
+}
