@@ -66,6 +66,7 @@ impl Server {
 
     /// What [`Server::client`] is built from.
     pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        use_ring();
         let builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
         match &self.root {
             Some(root) => https_builder(builder, root.clone()),
@@ -177,6 +178,7 @@ impl Drop for Server {
 }
 
 pub fn client() -> reqwest::Client {
+    use_ring();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
@@ -193,11 +195,11 @@ pub fn https_builder(
     builder.tls_certs_only([root])
 }
 
-/// Makes `ring` the process's rustls provider (reqwest is built without
-/// one of its own), once.
+/// Makes `ring` the process's rustls provider: reqwest is built without
+/// one of its own, and refuses to build any client, even for plain HTTP,
+/// until there is one. Call before building a client.
 pub fn use_ring() {
-    // An error means it is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    herald_client::use_ring();
 }
 
 /// A self-signed certificate for `127.0.0.1` and `localhost`, with its PEM

@@ -241,6 +241,9 @@ fn content_length(head: &[u8]) -> Option<usize> {
 /// A reqwest client for publishes and `/metrics`, with a timeout long
 /// enough for a server busy with a large run.
 pub fn http() -> reqwest::Client {
+    // reqwest has rustls but no provider of its own: give it `ring`, once
+    // (an error says one is installed already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()

@@ -82,6 +82,14 @@ pub struct Client {
     base: String,
 }
 
+/// Makes `ring` the process's rustls provider, unless the program chose
+/// one already: reqwest is built without a provider of its own, and
+/// refuses to build a client until there is one.
+pub fn use_ring() {
+    // An error only says a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Client {
     /// A client for the server at `base` (`http://host:port`).
     pub fn new(base: impl Into<String>) -> Result<Client, Error> {
@@ -94,6 +102,7 @@ impl Client {
         // Checked now: a URL that does not parse fails every request, and a
         // subscription would retry it for ever.
         reqwest::Url::parse(&base).map_err(|e| Error::Url(format!("{base:?}: {e}")))?;
+        use_ring();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()
