@@ -11,6 +11,7 @@ mod harness;
 mod articles;
 mod bad_input;
 mod bench_smoke;
+mod browser;
 mod cli;
 mod client;
 mod cluster;
