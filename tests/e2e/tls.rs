@@ -114,8 +114,8 @@ async fn h2_read_until(body: &mut h2::RecvStream, needle: &str) -> String {
 
 // ------------------------------------------- every transport, both versions
 
-/// Publish, short poll, SSE, NDJSON stream and long poll over HTTPS, each
-/// answered in `version`.
+/// The dashboard, publish, short poll, SSE, NDJSON stream and long poll
+/// over HTTPS, each answered in `version`.
 async fn every_transport_over(version: Version) {
     let cert = TestCert::new();
     let server = Server::start_tls(&cert, &[]);
@@ -124,6 +124,12 @@ async fn every_transport_over(version: Version) {
         _ => server.client(),
     };
     let url = |path: &str| server.url(path);
+    let r = client.get(url("/")).send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.version()),
+        (200, version),
+        "dashboard"
+    );
     let r = client
         .post(url("/topics/t"))
         .body("p0")
