@@ -71,6 +71,7 @@ impl Tally {
 /// One publisher: POSTs in a loop until `stop`, recording requests that
 /// start at or after `measure_from`.
 async fn publisher(url: String, body: Bytes, measure_from: Instant, stop: Instant) -> Tally {
+    herald_client::use_ring();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -142,6 +143,7 @@ async fn run_case(addr: &str, publishers: usize, secs: Duration) -> CaseResult {
 
 /// `herald_events_published_total` from the server's `/metrics`.
 async fn published_total(addr: &str) -> Option<u64> {
+    herald_client::use_ring();
     let text = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .ok()?

@@ -94,6 +94,7 @@ fn ms(us: u64) -> f64 {
 }
 
 fn client() -> reqwest::Client {
+    herald_client::use_ring();
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(256)
@@ -399,6 +400,7 @@ async fn run_cycle(addr: &str, workers: usize, secs: Duration, errors: &Errors) 
 
 /// `herald_tasks{queue=QUEUE,status=STATUS}` from the server's `/metrics`.
 async fn task_gauge(addr: &str, queue: &str, status: &str) -> Option<u64> {
+    herald_client::use_ring();
     let text = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .ok()?

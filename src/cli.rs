@@ -345,6 +345,13 @@ pub struct ServeArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Serve HTTPS (ALPN h2 and http/1.1) with this certificate chain (PEM,
+    /// leaf first); needs --tls-key. SIGHUP reads both files again.
+    #[arg(long, env = "HERALD_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "HERALD_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Which store to run on.
@@ -360,6 +367,13 @@ pub enum StoreChoice {
     },
 }
 
+/// The files TLS is read from (and read again on SIGHUP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// Everything `serve` needs, checked.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -373,6 +387,8 @@ pub struct ServeConfig {
     /// Settings that work but are probably not what was meant, logged once
     /// logging is up.
     pub warnings: Vec<String>,
+    /// HTTPS when set; plain HTTP otherwise.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Parses `500ms`, `15s`, `2h`…
@@ -468,6 +484,15 @@ impl ServeArgs {
         if !matches!(log_format, "text" | "json") {
             bail!("--log-format must be text or json");
         }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => bail!("--tls-cert needs --tls-key"),
+            (None, Some(_)) => bail!("--tls-key needs --tls-cert"),
+        };
         Ok(ServeConfig {
             listen: self.listen,
             store,
@@ -497,6 +522,7 @@ impl ServeArgs {
             subscriber_buffer: self.subscriber_buffer,
             json_logs: log_format == "json",
             warnings,
+            tls,
         })
     }
 
@@ -746,5 +772,20 @@ mod tests {
         assert!(parse(&["--store", "file:"]).is_err());
         assert!(parse(&["--retention-events", "0"]).is_err());
         assert!(parse(&["--listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn tls_takes_both_files_or_neither() {
+        assert_eq!(parse(&[]).unwrap().tls, None);
+        let c = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: PathBuf::from("c.pem"),
+                key: PathBuf::from("k.pem"),
+            })
+        );
+        assert!(parse(&["--tls-cert", "c.pem"]).is_err());
+        assert!(parse(&["--tls-key", "k.pem"]).is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! `herald serve`: build the store, the hub and the task engine, then serve
-//! HTTP until SIGINT or SIGTERM.
+//! HTTP (or HTTPS, reloading its files on SIGHUP) until SIGINT or SIGTERM.
 
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use herald_core::store::shared::SharedReads;
 use herald_core::store::sqlite::{SqliteConfig, SqliteStore};
 use herald_core::task::TaskStore;
 use herald_core::task::engine::Tasks;
-use herald_server::{AppState, describe_metrics};
+use herald_server::{AppState, Tls, describe_metrics};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +43,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         Ok(n) => tracing::debug!(limit = n, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
+    // Read before anything starts: a file that cannot be used is an error
+    // at start-up, naming the file.
+    let tls = match &config.tls {
+        Some(files) => Some(Tls::load(&files.cert, &files.key)?),
+        None => None,
+    };
     let metrics = install_metrics()?;
     let shutdown = CancellationToken::new();
     let fanout = Fanout::new(config.subscriber_buffer);
@@ -95,9 +101,13 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let listener = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%addr, "listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // One plain line on stdout, for scripts and tests that asked for port 0.
-    println!("herald listening on http://{addr}");
-    herald_server::serve(listener, state, stop_signal()).await?;
+    println!("herald listening on {scheme}://{addr}");
+    if let Some(tls) = &tls {
+        reload_on_hangup(tls.clone());
+    }
+    herald_server::serve(listener, state, tls, stop_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -114,6 +124,38 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
+}
+
+/// Reads the TLS files again on each SIGHUP. New handshakes get what was
+/// read; open connections keep their sessions. A reload that fails keeps
+/// the files in use.
+fn reload_on_hangup(tls: Tls) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: TLS files will not be reloaded");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let (cert, key) = tls.files();
+                match tls.reload() {
+                    Ok(()) => {
+                        tracing::info!(cert = %cert.display(), key = %key.display(), "SIGHUP: TLS certificate reloaded")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: TLS reload failed; still serving the previous certificate")
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(tls);
 }
 
 /// Resolves on SIGINT or SIGTERM.

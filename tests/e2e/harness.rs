@@ -16,6 +16,10 @@ pub struct Server {
     child: Child,
     pub addr: String,
     args: Vec<String>,
+    /// `http`, or `https` when started with `--tls-cert`.
+    scheme: &'static str,
+    /// The certificate [`Server::client`] trusts on `https`.
+    root: Option<reqwest::Certificate>,
 }
 
 impl Server {
@@ -36,6 +40,54 @@ impl Server {
         Server::spawn("127.0.0.1:0", args)
     }
 
+    /// HTTPS with `cert`, on the memory store, plus `extra` flags;
+    /// [`Server::client`] trusts `cert`.
+    pub fn start_tls(cert: &TestCert, extra: &[&str]) -> Server {
+        let mut args: Vec<&str> =
+            vec!["--tls-cert", cert.cert_path(), "--tls-key", cert.key_path()];
+        args.extend_from_slice(extra);
+        let mut server = Server::start(&args);
+        assert_eq!(server.scheme, "https", "started with --tls-cert");
+        server.trust(&cert.pem);
+        server
+    }
+
+    /// Makes [`Server::client`] trust only the certificate `pem`.
+    pub fn trust(&mut self, pem: &str) {
+        self.root =
+            Some(reqwest::Certificate::from_pem(pem.as_bytes()).expect("a PEM certificate"));
+    }
+
+    /// A fresh client of its own (its own connections) for this server:
+    /// HTTP/1.1 or HTTP/2 as the server agrees (ALPN) on `https`.
+    pub fn client(&self) -> reqwest::Client {
+        self.client_builder().build().expect("reqwest client")
+    }
+
+    /// What [`Server::client`] is built from.
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        let builder = builder().timeout(Duration::from_secs(60));
+        match &self.root {
+            Some(root) => https_builder(builder, root.clone()),
+            None => builder,
+        }
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (a name `kill` knows, like `HUP`) without waiting.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn crash(&mut self) {
         let _ = self.child.kill();
@@ -44,7 +96,8 @@ impl Server {
 
     /// Starts a fresh process with the same flags on the same address.
     pub fn start_again(&mut self) {
-        let fresh = Server::spawn(&self.addr.clone(), self.args.clone());
+        let mut fresh = Server::spawn(&self.addr.clone(), self.args.clone());
+        fresh.root = self.root.take();
         // The old process has exited; dropping its handle is harmless.
         drop(std::mem::replace(self, fresh));
     }
@@ -71,24 +124,31 @@ impl Server {
         let line = rx
             .recv_timeout(PATIENCE)
             .expect("herald did not report its address");
-        let addr = line
-            .strip_prefix("herald listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-            .to_owned();
-        Server { child, addr, args }
+        let (scheme, addr) = line
+            .strip_prefix("herald listening on ")
+            .and_then(|url| url.split_once("://"))
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+        let scheme = match scheme {
+            "http" => "http",
+            "https" => "https",
+            other => panic!("unexpected scheme {other:?} in {line}"),
+        };
+        Server {
+            child,
+            addr: addr.to_owned(),
+            args,
+            scheme,
+            root: None,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
     }
 
     /// Sends SIGTERM (graceful shutdown) without waiting.
     pub fn terminate(&self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
+        self.signal("TERM");
     }
 
     /// Waits for the process to exit.
@@ -117,15 +177,103 @@ impl Drop for Server {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    builder()
         .timeout(Duration::from_secs(60))
         .build()
         .expect("reqwest client")
 }
 
+/// A client builder that trusts no certificate until given one
+/// ([`https_builder`]). Tests build hundreds of clients, and the system's
+/// roots cost each one tens of milliseconds to load.
+pub fn builder() -> reqwest::ClientBuilder {
+    use_ring();
+    reqwest::Client::builder().tls_certs_only(Vec::new())
+}
+
+/// `builder` for HTTPS that trusts `root` and nothing else, on rustls with
+/// the `ring` provider.
+pub fn https_builder(
+    builder: reqwest::ClientBuilder,
+    root: reqwest::Certificate,
+) -> reqwest::ClientBuilder {
+    use_ring();
+    builder.tls_certs_only([root])
+}
+
+/// Makes `ring` the process's rustls provider: reqwest is built without
+/// one of its own, and refuses to build any client, even for plain HTTP,
+/// until there is one. Call before building a client.
+pub fn use_ring() {
+    herald_client::use_ring();
+}
+
+/// A self-signed certificate for `127.0.0.1` and `localhost`, with its PEM
+/// files (`cert.pem`, `key.pem`) in a directory of its own.
+pub struct TestCert {
+    pub pem: String,
+    pub key_pem: String,
+    dir: tempfile::TempDir,
+    cert: String,
+    key: String,
+}
+
+impl TestCert {
+    pub fn new() -> TestCert {
+        let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let made = rcgen::generate_simple_self_signed(names).expect("a self-signed certificate");
+        let dir = temp_dir();
+        let cert = dir
+            .path()
+            .join("cert.pem")
+            .to_str()
+            .expect("utf-8 path")
+            .to_owned();
+        let key = dir
+            .path()
+            .join("key.pem")
+            .to_str()
+            .expect("utf-8 path")
+            .to_owned();
+        let made = TestCert {
+            pem: made.cert.pem(),
+            key_pem: made.signing_key.serialize_pem(),
+            dir,
+            cert,
+            key,
+        };
+        made.write_files(&made.cert, &made.key);
+        made
+    }
+
+    pub fn cert_path(&self) -> &str {
+        &self.cert
+    }
+
+    pub fn key_path(&self) -> &str {
+        &self.key
+    }
+
+    /// Writes this certificate and key over the files at `cert` and `key`,
+    /// each replaced whole at once (written aside, then renamed).
+    pub fn write_files(&self, cert: &str, key: &str) {
+        for (path, text) in [(cert, &self.pem), (key, &self.key_pem)] {
+            let aside = format!("{path}.new");
+            std::fs::write(&aside, text).expect("write PEM");
+            std::fs::rename(&aside, path).expect("rename PEM");
+        }
+    }
+
+    /// The directory the files are in.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
 /// Publishes `data` to `topic` and returns the event id.
 pub async fn publish(server: &Server, topic: &str, data: &str) -> String {
-    let r = client()
+    let r = server
+        .client()
         .post(server.url(&format!("/topics/{topic}")))
         .body(data.to_owned())
         .send()
@@ -144,7 +292,8 @@ pub async fn publish_numbered_batch(server: &Server, topic: &str, n: usize) -> V
         .iter()
         .map(|d| format!("{{\"topic\":\"{topic}\",\"data\":\"{d}\"}}\n"))
         .collect();
-    let r = client()
+    let r = server
+        .client()
         .post(server.url("/publish"))
         .body(batch)
         .send()
@@ -156,7 +305,8 @@ pub async fn publish_numbered_batch(server: &Server, topic: &str, n: usize) -> V
 
 /// The value of one metric line (`name{labels} value`) from `/metrics`.
 pub async fn metric(server: &Server, series: &str) -> f64 {
-    let text = client()
+    let text = server
+        .client()
         .get(server.url("/metrics"))
         .send()
         .await
@@ -203,7 +353,8 @@ pub async fn read_all(server: &Server, topic: &str) -> Vec<serde_json::Value> {
     let mut cursor = "all".to_owned();
     let mut out = Vec::new();
     loop {
-        let r = client()
+        let r = server
+            .client()
             .get(server.url(&format!(
                 "/topics/{topic}?limit=1000&last-event-id={cursor}"
             )))

@@ -34,9 +34,9 @@ fn node_dir() -> PathBuf {
 
 /// A usable Node with the test package's dependencies installed.
 #[derive(Debug)]
-struct NodeEnv {
-    node: PathBuf,
-    dir: PathBuf,
+pub struct NodeEnv {
+    pub node: PathBuf,
+    pub dir: PathBuf,
 }
 
 /// Checks for Node and installs `tests/node` once per test process; every
@@ -93,22 +93,26 @@ fn prepare_node() -> Result<NodeEnv, String> {
     Ok(NodeEnv { node, dir })
 }
 
-/// Whether `node_modules` holds the `eventsource` version package.json pins.
+/// Whether `node_modules` holds every dependency at the version
+/// package.json pins.
 fn installed(dir: &Path) -> bool {
     let read =
         |p: PathBuf| -> Option<Value> { serde_json::from_slice(&std::fs::read(p).ok()?).ok() };
-    let (Some(manifest), Some(module)) = (
-        read(dir.join("package.json")),
-        read(dir.join("node_modules/eventsource/package.json")),
-    ) else {
+    let Some(manifest) = read(dir.join("package.json")) else {
         return false;
     };
-    manifest["dependencies"]["eventsource"] == module["version"]
+    let Some(dependencies) = manifest["dependencies"].as_object() else {
+        return false;
+    };
+    dependencies.iter().all(|(name, pinned)| {
+        read(dir.join("node_modules").join(name).join("package.json"))
+            .is_some_and(|module| module["version"] == *pinned)
+    })
 }
 
 /// The Node environment, or `None` after a loud `SKIPPED:` line; with
 /// `HERALD_STRICT_TESTS` set, a missing environment fails the test instead.
-fn node_or_skip(test: &str) -> Option<&'static NodeEnv> {
+pub fn node_or_skip(test: &str) -> Option<&'static NodeEnv> {
     match node_env() {
         Ok(env) => Some(env),
         Err(why) if std::env::var_os("HERALD_STRICT_TESTS").is_some() => {

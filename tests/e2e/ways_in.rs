@@ -61,7 +61,7 @@ impl Way {
     /// A client of its own (its own connections). On HTTP/2, `small_window`
     /// makes a client that stops reading stall the server at once.
     fn client(self, small_window: bool) -> Client {
-        let builder = Client::builder();
+        let builder = crate::harness::builder();
         let builder = match self {
             Way::Http11 | Way::Http10 => builder.http1_only(),
             Way::H2c if small_window => builder

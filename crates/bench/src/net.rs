@@ -241,7 +241,14 @@ fn content_length(head: &[u8]) -> Option<usize> {
 /// A reqwest client for publishes and `/metrics`, with a timeout long
 /// enough for a server busy with a large run.
 pub fn http() -> reqwest::Client {
+    // reqwest has rustls but no provider of its own: give it `ring`, once
+    // (an error says one is installed already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
+        // The server under test is plain HTTP: no trusted roots to load
+        // (the system's cost tens of milliseconds, and fail where there
+        // are none).
+        .tls_certs_only(Vec::new())
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap()

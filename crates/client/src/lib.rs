@@ -86,6 +86,14 @@ pub struct Client {
     authorization: Option<HeaderValue>,
 }
 
+/// Makes `ring` the process's rustls provider, unless the program chose
+/// one already: reqwest is built without a provider of its own, and
+/// refuses to build a client until there is one.
+pub fn use_ring() {
+    // An error only says a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Client {
     /// A client for the server at `base` (`http://host:port`).
     pub fn new(base: impl Into<String>) -> Result<Client, Error> {
@@ -98,8 +106,9 @@ impl Client {
         // Checked now: a URL that does not parse fails every request, and a
         // subscription would retry it for ever.
         reqwest::Url::parse(&base).map_err(|e| Error::Url(format!("{base:?}: {e}")))?;
+        use_ring();
         Ok(Client {
-            http: http_client(None)?,
+            http: http_client(&base, None)?,
             base,
             authorization: None,
         })
@@ -121,7 +130,7 @@ impl Client {
         // Kept out of reqwest's and tungstenite's debug output.
         value.set_sensitive(true);
         Ok(Client {
-            http: http_client(Some(&value))?,
+            http: http_client(&self.base, Some(&value))?,
             authorization: Some(value),
             ..self
         })
@@ -244,16 +253,20 @@ impl Client {
 }
 
 /// The HTTP client, with `authorization` as a header of every request.
-fn http_client(authorization: Option<&HeaderValue>) -> Result<reqwest::Client, Error> {
+fn http_client(base: &str, authorization: Option<&HeaderValue>) -> Result<reqwest::Client, Error> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(value) = authorization {
         headers.insert(reqwest::header::AUTHORIZATION, value.clone());
     }
-    reqwest::Client::builder()
+    let mut http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
-        .default_headers(headers)
-        .build()
-        .map_err(|e| Error::Transport(e.to_string()))
+        .default_headers(headers);
+    if base.starts_with("http://") {
+        // Plain HTTP needs no trusted roots: loading the system's costs
+        // tens of milliseconds, and fails where there are none.
+        http = http.tls_certs_only(Vec::new());
+    }
+    http.build().map_err(|e| Error::Transport(e.to_string()))
 }
 
 async fn receipt(response: reqwest::Response) -> Result<Receipt, Error> {

@@ -118,7 +118,8 @@ pub fn need(method: &Method, path: &str, query: Option<&str>) -> Need {
         return Need::Open;
     }
     let one = |kind, name: &str| Need::Actions(vec![(kind, name.to_owned())]);
-    let get = method == Method::GET || method == Method::HEAD;
+    // HTTP/2 opens a WebSocket with CONNECT: it reads as a GET does.
+    let get = method == Method::GET || method == Method::HEAD || method == Method::CONNECT;
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (get, segments.as_slice()) {
         (true, [""]) | (_, ["healthz"]) => Need::Open,
@@ -212,7 +213,7 @@ fn client_of(request: &RequestView<'_>) -> ClientId {
 /// [`Caller`] handed to the handler; every answer gets the CORS headers.
 pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let (cors, admitted) = {
-        let view = RequestView::of(&request);
+        let view = RequestView::of_request(&request);
         if let Some(preflight) = cors::preflight(&state, &view) {
             return preflight.into_response();
         }

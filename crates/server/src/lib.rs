@@ -1,5 +1,6 @@
 //! herald's HTTP server: [`app`] builds the router over an [`AppState`];
-//! [`serve`] runs it until shutdown and then ends every stream cleanly.
+//! [`serve`] runs it, over plain TCP or TLS, until shutdown and then ends
+//! every stream cleanly.
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -28,11 +29,13 @@ pub mod state;
 pub mod subscribe;
 mod task_stream;
 mod tasks;
+pub mod tls;
 pub mod transport;
 
 pub use error::ApiError;
 pub use ops::describe_metrics;
 pub use state::{AppState, ServerConfig};
+pub use tls::{Tls, TlsError};
 
 /// The whole HTTP surface of herald.
 pub fn app(state: AppState) -> Router {
@@ -40,8 +43,18 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(ops::dashboard))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
-        .route("/topics/{topic}", get(subscribe::handle).post(publish::one))
-        .route("/subscribe", get(subscribe::handle))
+        // CONNECT: HTTP/2's WebSocket upgrade (RFC 8441), decided with the
+        // rest of the request in `subscribe::decide`.
+        .route(
+            "/topics/{topic}",
+            get(subscribe::handle)
+                .post(publish::one)
+                .connect(subscribe::handle),
+        )
+        .route(
+            "/subscribe",
+            get(subscribe::handle).connect(subscribe::handle),
+        )
         .route("/publish", post(publish::batch))
         .route(
             "/api/notifications",
@@ -52,7 +65,10 @@ pub fn app(state: AppState) -> Router {
         .route("/queues/{queue}/tasks", post(tasks::enqueue))
         .route("/queues/{queue}/claim", post(tasks::claim))
         .route("/tasks/{id}", get(tasks::get).delete(tasks::cancel))
-        .route("/tasks/{id}/events", get(task_stream::events))
+        .route(
+            "/tasks/{id}/events",
+            get(task_stream::events).connect(task_stream::events),
+        )
         .route("/tasks/{id}/progress", post(tasks::progress))
         .route("/tasks/{id}/complete", post(tasks::complete))
         .route("/tasks/{id}/fail", post(tasks::fail))

@@ -1,40 +1,47 @@
-//! The accept loop. Every connection starts on the direct path
+//! The accept loop. A plain connection starts on the direct path
 //! ([`crate::direct`]), which answers subscribe requests itself and hands
-//! anything else, with the connection, to hyper and the router.
+//! anything else, with the connection, to hyper and the router; a TLS
+//! connection goes to hyper once its handshake is done.
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
+use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 use crate::direct::{self, Direct, Outcome, socket::Rewind};
 use crate::request::Peer;
 use crate::state::AppState;
+use crate::tls::Tls;
 
 /// How long shutdown waits for WebSocket tasks to say goodbye.
 const SOCKET_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves `state` on `listener` until `stop` resolves; then cancels the
 /// shutdown token (ending every stream, long poll and socket), lets open
-/// responses finish and waits a moment for WebSocket tasks.
+/// responses finish and waits a moment for WebSocket tasks. With `tls`,
+/// every connection is HTTPS.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    tls: Option<Tls>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let token = state.shutdown().clone();
     let router = crate::app(state.clone());
     let direct = Direct::new(state.clone());
     // Every connection holds a watcher from accept to close, so shutdown
-    // below waits for direct-path connections as well as hyper's.
+    // below waits for direct-path and TLS connections as well as hyper's.
     let graceful = GracefulShutdown::new();
     let stop = async move {
         tokio::select! {
@@ -62,12 +69,17 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
-        tokio::spawn(connection(
-            direct.clone(),
-            router.clone(),
-            tcp,
-            graceful.watcher(),
-        ));
+        let watcher = graceful.watcher();
+        match &tls {
+            Some(tls) => tokio::spawn(secure(
+                state.clone(),
+                router.clone(),
+                tls.clone(),
+                tcp,
+                watcher,
+            )),
+            None => tokio::spawn(connection(direct.clone(), router.clone(), tcp, watcher)),
+        };
     }
     state.shutdown().cancel();
     drop(listener);
@@ -83,36 +95,97 @@ pub async fn serve(
     Ok(())
 }
 
-/// One connection, from accept to close.
-async fn connection(direct: Direct, router: Router, tcp: TcpStream, watcher: Watcher) {
-    // Nagle's algorithm would hold a small event back until the client
-    // acknowledges the previous one (up to 40 ms with delayed ACKs): push
-    // servers write small frames and want each out at once.
+/// Nagle's algorithm would hold a small event back until the client
+/// acknowledges the previous one (up to 40 ms with delayed ACKs): push
+/// servers write small frames and want each out at once.
+fn no_delay(tcp: &TcpStream) {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
+}
+
+/// One plain connection, from accept to close.
+async fn connection(direct: Direct, router: Router, tcp: TcpStream, watcher: Watcher) {
+    no_delay(&tcp);
     match direct::serve(&direct, tcp).await {
         Outcome::Closed => drop(watcher),
         // Boxed: hyper's connection state is large, and an idle subscriber
         // on the direct path should not carry room for it.
         Outcome::Handover(io) => {
             let state = direct.state().clone();
-            Box::pin(hyper_connection(state, router, io, watcher)).await;
+            let peer = io.peer_addr();
+            Box::pin(hyper_connection(state, router, io, peer, watcher)).await;
         }
     }
 }
 
+/// One TLS connection: the handshake, then hyper for every request.
+///
+/// TLS connections skip the direct path, which reads and writes the plain
+/// socket itself. That skips no rule: what a subscribe request is and may
+/// do is decided by [`crate::subscribe::decide`] for both stacks, and the
+/// request checks the direct path makes before handing over (framing) run
+/// again as the router's layer, so hyper serving a request whole is a way
+/// in like any other.
+async fn secure(state: AppState, router: Router, tls: Tls, tcp: TcpStream, watcher: Watcher) {
+    no_delay(&tcp);
+    let config = state.config();
+    // Under TLS, on the same write timeout as a plain connection: a client
+    // that stops reading is cut off, whichever protocol it speaks.
+    let io = Rewind::new(Bytes::new(), tcp, config.write_timeout);
+    let peer = io.peer_addr();
+    // A client that opens a connection and sends nothing must not hold a
+    // descriptor for ever: the handshake and the first bytes after it get
+    // the time a plain connection's first head gets. hyper would wait for
+    // those bytes untimed (it reads them to tell HTTP/1 from HTTP/2), so
+    // they are awaited here, in a buffer no larger than HTTP/2's preface
+    // (reads larger than it go past it).
+    let deadline = tokio::time::Instant::now() + config.head_timeout;
+    let opening = async {
+        let io = tls.accept(io).await?;
+        let mut io = BufReader::with_capacity(PREFACE, io);
+        io.fill_buf().await?;
+        io::Result::Ok(io)
+    };
+    let io = tokio::select! {
+        opened = tokio::time::timeout_at(deadline, opening) => match opened {
+            Ok(Ok(io)) if !io.buffer().is_empty() => io,
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, ?peer, "TLS connection failed before its first request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(?peer, "TLS connection sent nothing in time");
+                return;
+            }
+        },
+        () = state.shutdown().cancelled() => return,
+    };
+    Box::pin(hyper_connection(state.clone(), router, io, peer, watcher)).await;
+}
+
+/// The length of HTTP/2's connection preface.
+const PREFACE: usize = 24;
+
 /// Serves the rest of a connection with hyper (HTTP/1 or HTTP/2, upgrades
 /// allowed), ending it gracefully on shutdown. Every request carries the
 /// client's address ([`Peer`]), as the direct path's do.
-async fn hyper_connection(state: AppState, router: Router, io: Rewind, watcher: Watcher) {
-    let peer = io.peer_addr();
+async fn hyper_connection<IO>(
+    state: AppState,
+    router: Router,
+    io: IO,
+    peer: Option<SocketAddr>,
+    watcher: Watcher,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // HTTP/2 WebSockets (RFC 8441) need the extended CONNECT protocol.
     builder.http2().enable_connect_protocol();
     // hyper times the wait for the next head as one span, idle time
-    // included; the direct path read this connection's first head under
-    // its own head timeout.
+    // included; a connection's first bytes came under the head timeout
+    // (on the direct path, or after the TLS handshake).
     let config = state.config();
     builder
         .http1()

@@ -1,10 +1,11 @@
 //! Which transport a subscribe request gets, decided in SPEC's order:
 //! WebSocket upgrade, SSE, NDJSON stream, long poll, short poll.
 
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Method, header};
 
 use crate::error::ApiError;
 use crate::query::Query;
+use crate::request::RequestView;
 
 /// The five ways a subscriber can receive events; also the `transport`
 /// label of the metrics.
@@ -46,10 +47,21 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, needle: &str) -> bo
 }
 
 /// Picks the transport. An unknown `?transport=` value, or `ws` without the
-/// upgrade headers, is a `400`.
-pub fn negotiate(headers: &HeaderMap, query: &Query) -> Result<Transport, ApiError> {
+/// upgrade headers, is a `400`; a `CONNECT` for anything but a WebSocket,
+/// a `405`.
+pub fn negotiate(request: &RequestView<'_>, query: &Query) -> Result<Transport, ApiError> {
+    let headers = request.headers;
     let asked = query.get("transport").map(str::to_ascii_lowercase);
     let asked = asked.as_deref();
+    // HTTP/2 asks for a WebSocket by an extended CONNECT whose `:protocol`
+    // is `websocket` (RFC 8441), as HTTP/1.1 does by `Upgrade`: one
+    // transport, whichever version asks.
+    if request.method == Method::CONNECT {
+        return match request.protocol {
+            Some(p) if p.eq_ignore_ascii_case("websocket") => Ok(Transport::WebSocket),
+            _ => Err(ApiError::MethodNotAllowed),
+        };
+    }
     if header_has(headers, header::UPGRADE, "websocket") {
         return Ok(Transport::WebSocket);
     }
@@ -75,14 +87,44 @@ pub fn negotiate(headers: &HeaderMap, query: &Query) -> Result<Transport, ApiErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderValue, Version};
+
+    fn view<'a>(method: &'a Method, headers: &'a HeaderMap) -> RequestView<'a> {
+        RequestView {
+            method,
+            path: "/topics/t",
+            query: None,
+            headers,
+            version: Version::HTTP_11,
+            peer: None,
+            authority: None,
+            protocol: None,
+        }
+    }
 
     fn pick(headers: &[(&'static str, &'static str)], query: &str) -> Result<Transport, ApiError> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(*k, HeaderValue::from_static(v));
         }
-        negotiate(&map, &Query::parse(Some(query)))
+        negotiate(&view(&Method::GET, &map), &Query::parse(Some(query)))
+    }
+
+    #[test]
+    fn an_extended_connect_for_websocket_is_the_http2_upgrade() {
+        let headers = HeaderMap::new();
+        let connect = |protocol| {
+            let view = RequestView {
+                version: Version::HTTP_2,
+                protocol,
+                ..view(&Method::CONNECT, &headers)
+            };
+            negotiate(&view, &Query::parse(Some("transport=sse"))).ok()
+        };
+        assert_eq!(connect(Some("websocket")), Some(Transport::WebSocket));
+        assert_eq!(connect(Some("WebSocket")), Some(Transport::WebSocket));
+        assert_eq!(connect(Some("webtransport")), None);
+        assert_eq!(connect(None), None);
     }
 
     #[test]

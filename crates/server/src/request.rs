@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, Version, header};
 
 /// A request as the rules see it: no body (a subscribe request has none).
@@ -19,42 +20,55 @@ pub struct RequestView<'a> {
     pub peer: Option<SocketAddr>,
     /// The host the client addressed (`Host`, or HTTP/2's `:authority`).
     pub authority: Option<&'a str>,
+    /// The `:protocol` of an HTTP/2 extended `CONNECT` (RFC 8441):
+    /// `websocket` is HTTP/2's WebSocket upgrade. None on HTTP/1.
+    pub protocol: Option<&'a str>,
 }
 
 impl<'a> RequestView<'a> {
-    /// The view of a request hyper read.
-    pub fn of<B>(request: &'a axum::http::Request<B>) -> RequestView<'a> {
-        let headers = request.headers();
-        RequestView {
-            method: request.method(),
-            path: request.uri().path(),
-            query: request.uri().query(),
-            headers,
-            version: request.version(),
-            peer: request.extensions().get::<Peer>().map(|p| p.0),
-            authority: request
-                .uri()
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| host(headers)),
-        }
+    /// A request as hyper read it.
+    pub fn of(parts: &'a Parts) -> RequestView<'a> {
+        Self::from_pieces(
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            parts.version,
+            &parts.extensions,
+        )
     }
 
-    /// The view of a request from its parts (once the body is taken).
-    pub fn of_parts(parts: &'a axum::http::request::Parts) -> RequestView<'a> {
-        let headers = &parts.headers;
+    /// A whole request as hyper read it (its body not yet taken).
+    pub fn of_request<B>(request: &'a axum::http::Request<B>) -> RequestView<'a> {
+        Self::from_pieces(
+            request.method(),
+            request.uri(),
+            request.headers(),
+            request.version(),
+            request.extensions(),
+        )
+    }
+
+    fn from_pieces(
+        method: &'a Method,
+        uri: &'a axum::http::Uri,
+        headers: &'a HeaderMap,
+        version: Version,
+        extensions: &'a axum::http::Extensions,
+    ) -> RequestView<'a> {
         RequestView {
-            method: &parts.method,
-            path: parts.uri.path(),
-            query: parts.uri.query(),
+            method,
+            path: uri.path(),
+            query: uri.query(),
             headers,
-            version: parts.version,
-            peer: parts.extensions.get::<Peer>().map(|p| p.0),
-            authority: parts
-                .uri
+            version,
+            peer: extensions.get::<Peer>().map(|p| p.0),
+            authority: uri
                 .authority()
                 .map(|a| a.as_str())
                 .or_else(|| host(headers)),
+            protocol: extensions
+                .get::<hyper::ext::Protocol>()
+                .map(hyper::ext::Protocol::as_str),
         }
     }
 }

@@ -14,6 +14,7 @@ use herald_core::task::feed::{Feed, FeedError, FeedItem};
 use crate::error::ApiError;
 use crate::negotiate::{Transport, negotiate};
 use crate::query::Query;
+use crate::request::RequestView;
 use crate::state::AppState;
 use crate::subscribe::decide::cursor;
 use crate::tasks::task_id;
@@ -65,7 +66,7 @@ pub async fn events(
     crate::tasks::allow_task(&state, &caller, id, crate::tasks::Scope::Enqueue).await?;
     let (mut parts, _body) = request.into_parts();
     let query = Query::parse(parts.uri.query());
-    let transport = negotiate(&parts.headers, &query)?;
+    let transport = negotiate(&RequestView::of(&parts), &query)?;
     let cursor = cursor(&parts.headers, &query, CursorInput::All);
     let upgrade = if transport == Transport::WebSocket {
         Some(ws::upgrade_request(&mut parts, &state).await?)

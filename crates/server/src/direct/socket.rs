@@ -97,6 +97,7 @@ pub async fn read_some(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize>
 /// read first; its writes fail (`TimedOut`) once the socket has taken
 /// nothing for the write timeout, so hyper closes a connection whose
 /// client stopped reading (hyper has no such timeout of its own).
+/// With nothing in front, it is the timed socket a TLS session runs on.
 #[derive(Debug)]
 pub struct Rewind {
     prefix: Bytes,

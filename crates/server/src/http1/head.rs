@@ -105,6 +105,7 @@ impl RequestHead {
             },
             peer,
             authority: crate::request::host(&self.headers),
+            protocol: None,
         }
     }
 

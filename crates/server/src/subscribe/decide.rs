@@ -112,7 +112,7 @@ fn read(
             Transport::Sse,
             Some(Bytes::from_static(NOTIFICATION_COMMENT)),
         ),
-        _ => (negotiate(request.headers, &query)?, None),
+        _ => (negotiate(request, &query)?, None),
     };
     // From the beginning for a short poll, from now for everything else.
     let default = if transport == Transport::Poll {

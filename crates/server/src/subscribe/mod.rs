@@ -23,10 +23,11 @@ pub mod decide;
 pub use decide::{Decision, Mode, Plan, Route, StreamKind, decide, route};
 
 /// `GET /topics/{topic}`, `GET /subscribe` and `GET /api/notifications`
-/// through hyper.
+/// through hyper; also the first two as HTTP/2's WebSocket upgrade, an
+/// extended `CONNECT` (RFC 8441).
 pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let (mut parts, _body) = request.into_parts();
-    let view = RequestView::of_parts(&parts);
+    let view = RequestView::of(&parts);
     // The router sends only the subscribe routes here.
     let Some(route) = route(view.path) else {
         return ApiError::NotFound.into_response();
