@@ -17,6 +17,7 @@ mod client;
 mod cluster;
 mod direct;
 mod durability;
+mod limits;
 mod live;
 mod node;
 mod parked;

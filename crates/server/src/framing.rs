@@ -14,12 +14,29 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
 
-/// Refuses a request whose framing is ambiguous or not ours to decode.
+/// Refuses a request whose framing is ambiguous or not ours to decode, or
+/// whose head is larger than the direct path reads (`431`): hyper's own
+/// limit is its read buffer, which a head arriving in one read can exceed.
 pub async fn refuse_ambiguous(request: Request, next: Next) -> Response {
+    if head_size(&request) > crate::direct::MAX_HEAD {
+        return ApiError::HeadTooLarge.into_response();
+    }
     match check(request.headers()) {
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     }
+}
+
+/// About how many bytes the head took on the wire: the request line and
+/// each header line.
+fn head_size(request: &Request) -> usize {
+    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + line
 }
 
 /// `Content-Length` together with `Transfer-Encoding`, or any transfer

@@ -69,6 +69,12 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
+        // `--max-connections`: beyond it, refused at once as when out of
+        // descriptors.
+        let Some(place) = state.limits().connection() else {
+            refuse(tcp);
+            continue;
+        };
         let watcher = graceful.watcher();
         match &tls {
             Some(tls) => tokio::spawn(secure(
@@ -76,9 +82,14 @@ pub async fn serve(
                 router.clone(),
                 tls.clone(),
                 tcp,
-                watcher,
+                (watcher, place),
             )),
-            None => tokio::spawn(connection(direct.clone(), router.clone(), tcp, watcher)),
+            None => tokio::spawn(connection(
+                direct.clone(),
+                router.clone(),
+                tcp,
+                (watcher, place),
+            )),
         };
     }
     state.shutdown().cancel();
@@ -104,8 +115,12 @@ fn no_delay(tcp: &TcpStream) {
     }
 }
 
+/// What a connection holds from accept to close: shutdown's watcher, and
+/// its place under `--max-connections`.
+type Held = (Watcher, crate::limits::Connection);
+
 /// One plain connection, from accept to close.
-async fn connection(direct: Direct, router: Router, tcp: TcpStream, watcher: Watcher) {
+async fn connection(direct: Direct, router: Router, tcp: TcpStream, (watcher, _place): Held) {
     no_delay(&tcp);
     match direct::serve(&direct, tcp).await {
         Outcome::Closed => drop(watcher),
@@ -127,7 +142,13 @@ async fn connection(direct: Direct, router: Router, tcp: TcpStream, watcher: Wat
 /// request checks the direct path makes before handing over (framing) run
 /// again as the router's layer, so hyper serving a request whole is a way
 /// in like any other.
-async fn secure(state: AppState, router: Router, tls: Tls, tcp: TcpStream, watcher: Watcher) {
+async fn secure(
+    state: AppState,
+    router: Router,
+    tls: Tls,
+    tcp: TcpStream,
+    (watcher, _place): Held,
+) {
     no_delay(&tcp);
     let config = state.config();
     // Under TLS, on the same write timeout as a plain connection: a client
@@ -191,6 +212,14 @@ async fn hyper_connection<IO>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.idle_timeout + config.head_timeout);
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(direct::MAX_HEAD).unwrap_or(u32::MAX))
+        // HTTP/2 has no idle timeout of its own here: a peer that vanished
+        // is found by a ping unanswered within the write timeout.
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(config.idle_timeout))
+        .keep_alive_timeout(config.write_timeout);
     let service = router.map_request(move |mut request: Request<_>| {
         if let Some(peer) = peer {
             request.extensions_mut().insert(Peer(peer));
@@ -221,7 +250,7 @@ struct Spare {
 }
 
 /// What a connection gets when no descriptor is free to serve it.
-const OUT_OF_FILES: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+const AT_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 content-type: application/json\r\nretry-after: 5\r\nconnection: close\r\n\
 content-length: 95\r\n\r\n\
 {\"error\":{\"code\":\"unavailable\",\"message\":\"the server is at its connection limit; retry later\"}}";
@@ -273,7 +302,7 @@ fn refuse(tcp: TcpStream) {
     // unread bytes resets it, and the client might not see the answer.
     let mut sink = [0u8; 4096];
     while matches!(tcp.try_read(&mut sink), Ok(n) if n > 0) {}
-    let _ = tcp.try_write(OUT_OF_FILES);
+    let _ = tcp.try_write(AT_CAPACITY);
     if let Ok(std) = tcp.into_std() {
         let _ = std.shutdown(std::net::Shutdown::Write);
     }
@@ -303,12 +332,12 @@ mod tests {
     fn the_refusal_is_a_whole_json_answer() {
         let mut headers = [httparse::EMPTY_HEADER; 8];
         let mut response = httparse::Response::new(&mut headers);
-        let len = match response.parse(OUT_OF_FILES) {
+        let len = match response.parse(AT_CAPACITY) {
             Ok(httparse::Status::Complete(len)) => len,
             other => panic!("{other:?}"),
         };
         assert_eq!(response.code, Some(503));
-        let body = &OUT_OF_FILES[len..];
+        let body = &AT_CAPACITY[len..];
         let declared = response
             .headers
             .iter()

@@ -52,7 +52,7 @@ use socket::Rewind;
 /// Longest request head read before leaving the connection to hyper (which
 /// answers `431`); also the most a client may send while a stream or long
 /// poll is open before the connection is closed.
-const MAX_HEAD: usize = 16 * 1024;
+pub(crate) const MAX_HEAD: usize = 16 * 1024;
 
 /// The direct path of one server: its state and its lots. Cheap to clone.
 #[derive(Clone, Debug)]
