@@ -67,6 +67,13 @@ impl Caller {
         self.grant.as_ref().and_then(|g| g.exp)
     }
 
+    /// The token's expiry on the runtime's clock (now, if past).
+    pub fn until(&self) -> Option<tokio::time::Instant> {
+        let at = self.expires()?;
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        Some(tokio::time::Instant::now() + left)
+    }
+
     /// Whether authorization is on (handlers skip reading a task's queue
     /// when it is not).
     pub fn checks(&self) -> bool {

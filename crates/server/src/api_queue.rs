@@ -50,6 +50,7 @@ pub async fn enqueue(
 /// `Accept: text/event-stream`. A missing, malformed or unknown id is `400`.
 pub async fn poll(
     State(state): State<AppState>,
+    caller: crate::access::Caller,
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
@@ -59,6 +60,12 @@ pub async fn poll(
         .ok_or_else(|| ApiError::bad_query("id", "name the task: ?id=ID"))?;
     let id = crate::tasks::task_id(raw)?;
     let unknown = || ApiError::BadTaskId(raw.to_owned());
+    // The gate allowed the queue `default`; the task named may be of
+    // another queue.
+    match crate::tasks::allow_task(&state, &caller, id, crate::tasks::Scope::Enqueue).await {
+        Err(ApiError::NotFound) => return Err(unknown()),
+        other => other?,
+    }
     let wants_sse = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -66,11 +73,16 @@ pub async fn poll(
     if wants_sse {
         let cursor = cursor(&headers, &query, CursorInput::All);
         return match crate::task_stream::open(&state, id, &cursor).await {
-            Ok(Some(feed)) => Ok(crate::task_stream::sse_response(
-                &state,
-                feed,
-                WaitData::Bare,
-            )),
+            Ok(Some(mut feed)) => {
+                if let Some(until) = caller.until() {
+                    feed.end_at(until);
+                }
+                Ok(crate::task_stream::sse_response(
+                    &state,
+                    feed,
+                    WaitData::Bare,
+                ))
+            }
             Ok(None) => Ok(StatusCode::NO_CONTENT.into_response()),
             Err(ApiError::NotFound) => Err(unknown()),
             Err(e) => Err(e),

@@ -73,9 +73,12 @@ pub async fn events(
     } else {
         None
     };
-    let Some(feed) = open(&state, id, &cursor).await? else {
+    let Some(mut feed) = open(&state, id, &cursor).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
+    if let Some(until) = caller.until() {
+        feed.end_at(until);
+    }
     Ok(match (transport, upgrade) {
         (Transport::WebSocket, Some(upgrade)) => websocket(&state, upgrade, feed),
         (Transport::Stream, _) => ndjson_response(feed),
@@ -94,7 +97,9 @@ fn with_signal<T>(
     let data = match item {
         FeedItem::Wait(p) => wait.render(*p),
         FeedItem::Gap { cursor } => Signal::gap_data(topic.as_str(), cursor),
-        FeedItem::Event(_) | FeedItem::KeepAlive | FeedItem::End => return None,
+        FeedItem::Event(_) | FeedItem::KeepAlive | FeedItem::Expired | FeedItem::End => {
+            return None;
+        }
     };
     let kind = if matches!(item, FeedItem::Wait(_)) {
         "wait"
@@ -163,6 +168,7 @@ pub fn sse_response(state: &AppState, feed: Feed, wait: WaitData) -> Response {
     let encode = move |feed: &Feed, item: &FeedItem| match item {
         FeedItem::Event(e) => Some(SseEncoder::default().shared(e)),
         FeedItem::KeepAlive => Some(SseEncoder::default().keep_alive()),
+        FeedItem::Expired => Some(Bytes::from_static(herald_protocol::sse::EXPIRED)),
         other => with_signal(feed, other, wait, |s| s.sse()),
     };
     let mut response = body(feed, Transport::Sse, Some(state.sse_preamble()), encode);
@@ -174,6 +180,7 @@ fn ndjson_response(feed: Feed) -> Response {
     let encode = |feed: &Feed, item: &FeedItem| match item {
         FeedItem::Event(e) => Some(NdjsonEncoder.shared(e)),
         FeedItem::KeepAlive => Some(NdjsonEncoder.keep_alive()),
+        FeedItem::Expired => Some(Bytes::from_static(herald_protocol::ndjson::EXPIRED)),
         other => with_signal(feed, other, WaitData::Object, |s| s.ndjson()),
     };
     let mut response = body(feed, Transport::Stream, None, encode);
@@ -199,6 +206,11 @@ async fn run_socket(mut socket: WebSocket, mut feed: Feed) {
         let message = match &item {
             FeedItem::End => {
                 ws::close(&mut socket, close_code::NORMAL, "the task is over").await;
+                return;
+            }
+            FeedItem::Expired => {
+                let why = "the token expired: reconnect with a fresh one and your cursor";
+                ws::close(&mut socket, ws::TOKEN_EXPIRED, why).await;
                 return;
             }
             FeedItem::KeepAlive => Message::Ping(Bytes::new()),

@@ -15,7 +15,7 @@ use super::engine::Tasks;
 use super::{Status, TaskError, TaskId};
 use crate::cursor::{CursorInput, Start};
 use crate::event::Event;
-use crate::subscription::{Next, Subscription};
+use crate::subscription::{EndReason, Next, Subscription};
 
 /// What a task stream yields next.
 #[derive(Debug)]
@@ -29,6 +29,8 @@ pub enum FeedItem {
         cursor: String,
     },
     KeepAlive,
+    /// The token that opened the stream expired: the stream's last word.
+    Expired,
     /// The task finished (after its final event) or the stream was ended.
     End,
 }
@@ -118,6 +120,12 @@ impl Feed {
     }
 
     /// The next item. Cancel-safe but for a `wait` that may be recomputed.
+    /// Ends the feed at `at` (its token's expiry) with
+    /// [`FeedItem::Expired`].
+    pub fn end_at(&mut self, at: tokio::time::Instant) {
+        self.sub.end_at(at);
+    }
+
     pub async fn next(&mut self) -> FeedItem {
         if self.over {
             return FeedItem::End;
@@ -140,6 +148,10 @@ impl Feed {
                     }
                     Next::Gap { cursor, .. } => return FeedItem::Gap { cursor },
                     Next::KeepAlive => return FeedItem::KeepAlive,
+                    Next::End(EndReason::TokenExpired) => {
+                        self.over = true;
+                        return FeedItem::Expired;
+                    }
                     Next::End(_) => {
                         self.over = true;
                         return FeedItem::End;

@@ -150,17 +150,9 @@ fn read(
         cursor,
         mode,
         headers,
-        until: caller.expires().map(instant_of),
+        until: caller.until(),
         slot: state.limits().subscription(&caller.client)?,
     }))
-}
-
-/// A wall-clock time as the runtime's clock reads it (now, if past).
-fn instant_of(at: std::time::SystemTime) -> Instant {
-    let left = at
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
-    Instant::now() + left
 }
 
 /// The cursor a request carries: the `Last-Event-ID` header wins over the
