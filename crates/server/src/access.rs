@@ -216,6 +216,12 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
         if let Some(preflight) = cors::preflight(&state, &view) {
             return preflight.into_response();
         }
+        // Counted before the gate, as the direct path counts what it reads:
+        // a refused subscribe request was read by this stack too.
+        let get = view.method == Method::GET || view.method == Method::HEAD;
+        if get && crate::subscribe::route(view.path).is_some() {
+            metrics::counter!("herald_subscribe_requests_total", "stack" => "hyper").increment(1);
+        }
         (cors::headers(&state, &view), admit(&state, &view))
     };
     let mut response = match admitted {
