@@ -186,9 +186,10 @@ pub fn admit(state: &AppState, request: &RequestView<'_>) -> Result<Caller, ApiE
             auth.authorize(token, &actions, SystemTime::now())?
         }
     };
-    if found.as_ref().is_some_and(|f| f.source == Source::Cookie) {
+    if grant.is_some() && found.as_ref().is_some_and(|f| f.source == Source::Cookie) {
         // A browser sends the cookie whichever site made the request: only
-        // this server's own pages and the allowed origins may use it.
+        // this server's own pages and the allowed origins may use it. An
+        // open route reads no token, so the cookie authenticates nothing.
         cors::check_cookie_origin(state, request)?;
     }
     let client = match grant.as_ref().and_then(|g| g.sub.clone()) {
