@@ -67,6 +67,11 @@ impl Caller {
         self.grant.as_ref().and_then(|g| g.exp)
     }
 
+    /// When a stream the caller opens must end, on the runtime's clock.
+    pub fn stream_until(&self) -> Option<tokio::time::Instant> {
+        self.expires().map(crate::subscribe::decide::instant_of)
+    }
+
     /// Whether authorization is on (handlers skip reading a task's queue
     /// when it is not).
     pub fn checks(&self) -> bool {

@@ -50,6 +50,7 @@ pub async fn enqueue(
 /// `Accept: text/event-stream`. A missing, malformed or unknown id is `400`.
 pub async fn poll(
     State(state): State<AppState>,
+    caller: crate::access::Caller,
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
@@ -70,6 +71,7 @@ pub async fn poll(
                 &state,
                 feed,
                 WaitData::Bare,
+                caller.stream_until(),
             )),
             Ok(None) => Ok(StatusCode::NO_CONTENT.into_response()),
             Err(ApiError::NotFound) => Err(unknown()),

@@ -1,5 +1,8 @@
 //! `GET /tasks/{id}/events`: a task's `wait`, `progress`, `done` / `error`
-//! over SSE, WebSocket or an NDJSON stream, ending after the final event.
+//! over SSE, WebSocket or an NDJSON stream, ending after the final event,
+//! or at the expiry of the token that opened it (as a topic's stream does).
+
+use std::pin::Pin;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
@@ -10,6 +13,7 @@ use bytes::Bytes;
 use herald_core::CursorInput;
 use herald_core::task::TaskId;
 use herald_core::task::feed::{Feed, FeedError, FeedItem};
+use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
 use crate::negotiate::{Transport, negotiate};
@@ -63,6 +67,7 @@ pub async fn events(
         Err(e) => return Err(ApiError::BadTaskId(e.body_text())),
     };
     crate::tasks::allow_task(&state, &caller, id, crate::tasks::Scope::Enqueue).await?;
+    let until = caller.stream_until();
     let (mut parts, _body) = request.into_parts();
     let query = Query::parse(parts.uri.query());
     let transport = negotiate(&parts.headers, &query)?;
@@ -76,9 +81,9 @@ pub async fn events(
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     Ok(match (transport, upgrade) {
-        (Transport::WebSocket, Some(upgrade)) => websocket(&state, upgrade, feed),
-        (Transport::Stream, _) => ndjson_response(feed),
-        _ => sse_response(&state, feed, WaitData::Object),
+        (Transport::WebSocket, Some(upgrade)) => websocket(&state, upgrade, feed, until),
+        (Transport::Stream, _) => ndjson_response(feed, until),
+        _ => sse_response(&state, feed, WaitData::Object, until),
     })
 }
 
@@ -121,7 +126,38 @@ struct FeedBody<F> {
     feed: Feed,
     first: Option<Bytes>,
     encode: F,
+    /// The expiry of the token that opened the stream.
+    expiry: Expiry,
+    /// What the stream says when its token expires, before it ends.
+    expired: &'static [u8],
+    /// It said so: nothing more.
+    over: bool,
     _gauge: SubscriptionGauge,
+}
+
+/// When a stream must end because its token expires.
+type Expiry = Option<Pin<Box<Sleep>>>;
+
+fn expiry(until: Option<Instant>) -> Expiry {
+    until.map(|at| Box::pin(tokio::time::sleep_until(at)))
+}
+
+/// What a task's stream has next.
+enum Step {
+    Item(FeedItem),
+    /// The token that opened the stream expired.
+    Expired,
+}
+
+/// The feed's next item, unless the token expires first.
+async fn next_or_expired(feed: &mut Feed, expiry: &mut Expiry) -> Step {
+    let Some(at) = expiry else {
+        return Step::Item(feed.next().await);
+    };
+    tokio::select! {
+        item = feed.next() => Step::Item(item),
+        () = at.as_mut() => Step::Expired,
+    }
 }
 
 impl<F> Fill for FeedBody<F>
@@ -132,8 +168,17 @@ where
         if let Some(bytes) = self.first.take() {
             return Some(bytes);
         }
+        if self.over {
+            return None;
+        }
         loop {
-            let item = self.feed.next().await;
+            let item = match next_or_expired(&mut self.feed, &mut self.expiry).await {
+                Step::Item(item) => item,
+                Step::Expired => {
+                    self.over = true;
+                    return Some(Bytes::from_static(self.expired));
+                }
+            };
             if let FeedItem::End = item {
                 return None;
             }
@@ -144,56 +189,101 @@ where
     }
 }
 
-fn body<F>(feed: Feed, transport: Transport, first: Option<Bytes>, encode: F) -> Response
+/// How a streaming response opens and ends.
+struct Framing {
+    transport: Transport,
+    first: Option<Bytes>,
+    until: Option<Instant>,
+    expired: &'static [u8],
+}
+
+fn body<F>(feed: Feed, framing: Framing, encode: F) -> Response
 where
     F: FnMut(&Feed, &FeedItem) -> Option<Bytes> + Send + 'static,
 {
     streaming_body(FeedBody {
         feed,
-        first,
+        first: framing.first,
         encode,
-        _gauge: SubscriptionGauge::open(transport),
+        expiry: expiry(framing.until),
+        expired: framing.expired,
+        over: false,
+        _gauge: SubscriptionGauge::open(framing.transport),
     })
     .into_response()
 }
 
-/// The SSE form: stored events as they were encoded, `wait` without an id.
-pub fn sse_response(state: &AppState, feed: Feed, wait: WaitData) -> Response {
+/// The SSE form: stored events as they were encoded, `wait` without an id;
+/// at `until` (the token's expiry), `event: expired` and the end.
+pub fn sse_response(
+    state: &AppState,
+    feed: Feed,
+    wait: WaitData,
+    until: Option<Instant>,
+) -> Response {
     let encode = move |feed: &Feed, item: &FeedItem| match item {
         FeedItem::Event(e) => Some(SseEncoder::default().shared(e)),
         FeedItem::KeepAlive => Some(SseEncoder::default().keep_alive()),
         other => with_signal(feed, other, wait, |s| s.sse()),
     };
-    let mut response = body(feed, Transport::Sse, Some(state.sse_preamble()), encode);
+    let framing = Framing {
+        transport: Transport::Sse,
+        first: Some(state.sse_preamble()),
+        until,
+        expired: herald_protocol::sse::EXPIRED,
+    };
+    let mut response = body(feed, framing, encode);
     crate::transport::sse::set_headers(response.headers_mut());
     response
 }
 
-fn ndjson_response(feed: Feed) -> Response {
+fn ndjson_response(feed: Feed, until: Option<Instant>) -> Response {
     let encode = |feed: &Feed, item: &FeedItem| match item {
         FeedItem::Event(e) => Some(NdjsonEncoder.shared(e)),
         FeedItem::KeepAlive => Some(NdjsonEncoder.keep_alive()),
         other => with_signal(feed, other, WaitData::Object, |s| s.ndjson()),
     };
-    let mut response = body(feed, Transport::Stream, None, encode);
+    let framing = Framing {
+        transport: Transport::Stream,
+        first: None,
+        until,
+        expired: herald_protocol::ndjson::EXPIRED,
+    };
+    let mut response = body(feed, framing, encode);
     crate::transport::stream::set_headers(response.headers_mut());
     response
 }
 
-fn websocket(state: &AppState, upgrade: WebSocketUpgrade, feed: Feed) -> Response {
-    ws::upgrade(state, upgrade, move |socket| run_socket(socket, feed))
+fn websocket(
+    state: &AppState,
+    upgrade: WebSocketUpgrade,
+    feed: Feed,
+    until: Option<Instant>,
+) -> Response {
+    ws::upgrade(state, upgrade, move |socket| {
+        run_socket(socket, feed, until)
+    })
 }
 
-async fn run_socket(mut socket: WebSocket, mut feed: Feed) {
+async fn run_socket(mut socket: WebSocket, mut feed: Feed, until: Option<Instant>) {
     let _gauge = SubscriptionGauge::open(Transport::WebSocket);
+    let mut expiry = expiry(until);
     loop {
-        let item = tokio::select! {
+        let step = tokio::select! {
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Close(_))) | None => return,
                 Some(Err(e)) => return ws::refuse_frame(&mut socket, e).await,
                 Some(Ok(_)) => continue,
             },
-            item = feed.next() => item,
+            step = next_or_expired(&mut feed, &mut expiry) => step,
+        };
+        let item = match step {
+            Step::Item(item) => item,
+            Step::Expired => {
+                let why = "the token expired: reconnect with a fresh one and your cursor";
+                ws::close(&mut socket, ws::TOKEN_EXPIRED, why).await;
+                return;
+            }
         };
         let message = match &item {
             FeedItem::End => {

@@ -152,7 +152,7 @@ fn read(
 }
 
 /// A wall-clock time as the runtime's clock reads it (now, if past).
-fn instant_of(at: std::time::SystemTime) -> Instant {
+pub fn instant_of(at: std::time::SystemTime) -> Instant {
     let left = at
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
