@@ -9,6 +9,7 @@
 mod harness;
 
 mod articles;
+mod auth;
 mod bad_input;
 mod bench_smoke;
 mod browser;

@@ -194,9 +194,10 @@ pub fn admit(state: &AppState, request: &RequestView<'_>) -> Result<Caller, ApiE
             auth.authorize(token, &actions, SystemTime::now())?
         }
     };
-    if found.as_ref().is_some_and(|f| f.source == Source::Cookie) {
+    if grant.is_some() && found.as_ref().is_some_and(|f| f.source == Source::Cookie) {
         // A browser sends the cookie whichever site made the request: only
-        // this server's own pages and the allowed origins may use it.
+        // this server's own pages and the allowed origins may use it. An
+        // open route reads no token, so the cookie authenticates nothing.
         cors::check_cookie_origin(state, request)?;
     }
     let client = match grant.as_ref().and_then(|g| g.sub.clone()) {
@@ -223,6 +224,12 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
         let view = RequestView::of_request(&request);
         if let Some(preflight) = cors::preflight(&state, &view) {
             return preflight.into_response();
+        }
+        // Counted before the gate, as the direct path counts what it reads:
+        // a refused subscribe request was read by this stack too.
+        let reads = [Method::GET, Method::HEAD, Method::CONNECT].contains(view.method);
+        if reads && crate::subscribe::route(view.path).is_some() {
+            metrics::counter!("herald_subscribe_requests_total", "stack" => "hyper").increment(1);
         }
         (cors::headers(&state, &view), admit(&state, &view))
     };

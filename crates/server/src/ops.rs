@@ -60,7 +60,7 @@ pub fn describe_metrics() {
     );
     metrics::describe_counter!(
         "herald_subscribe_requests_total",
-        "Subscribe requests decided, by the HTTP stack that read them (direct: herald's own HTTP/1; hyper: HTTP/2, WebSocket, and what the direct path leaves)."
+        "Subscribe requests read (admitted or refused), by the HTTP stack that read them (direct: herald's own HTTP/1; hyper: HTTP/2, WebSocket, and what the direct path leaves)."
     );
     metrics::describe_counter!(
         "herald_store_writes_resent_total",

@@ -32,7 +32,7 @@ pub async fn handle(State(state): State<AppState>, request: Request) -> Response
     let Some(route) = route(view.path) else {
         return ApiError::NotFound.into_response();
     };
-    metrics::counter!("herald_subscribe_requests_total", "stack" => "hyper").increment(1);
+    // Counted by the gate's layer (`access::layer`), refused ones too.
     // Put there by the gate every hyper request passes (`access::layer`).
     let Some(caller) = parts.extensions.get::<Caller>().cloned() else {
         return ApiError::Internal("a subscribe request did not pass the gate".into())
