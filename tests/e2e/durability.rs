@@ -382,6 +382,12 @@ async fn a_full_store_answers_503_and_loses_nothing_acknowledged() {
     assert_eq!(refusal.status(), 503);
     let err: Value = refusal.json().await.unwrap();
     assert_eq!(err["error"]["code"], "unavailable");
+    // What SQLite said, and where the file is, are for the log only.
+    let message = err["error"]["message"].as_str().unwrap();
+    let dir_text = dir.path().display().to_string();
+    for internal in ["disk", "database", "sqlite", dir_text.as_str()] {
+        assert!(!message.contains(internal), "{internal:?} in {message:?}");
+    }
     assert!(!acked.is_empty());
     let stored: Vec<String> = read_all(&server, "full")
         .await

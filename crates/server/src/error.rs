@@ -199,6 +199,14 @@ impl ApiError {
     /// what a server error was about; internals never reach the client.
     pub fn whole(self) -> Whole {
         let status = self.status();
+        // Limits count their own refusals where they are made.
+        match &self {
+            ApiError::Unauthorized(_) | ApiError::InvalidToken(_) => {
+                crate::limits::refused("unauthorized");
+            }
+            ApiError::Forbidden(_) => crate::limits::refused("forbidden"),
+            _ => {}
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Expected while a store is down: one line per refusal, no alarm.
             tracing::warn!(error = %self, detail = ?self, "request refused");
