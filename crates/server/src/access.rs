@@ -11,7 +11,6 @@
 //! queue is known once the task is read). Their handlers ask the same
 //! [`Caller`] ([`Caller::allow`]) before changing anything.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -23,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::{Action, Auth, Grant, Source, extract};
 use crate::cors;
 use crate::error::ApiError;
+pub use crate::limits::ClientId;
 use crate::request::RequestView;
 use crate::state::AppState;
 
@@ -35,14 +35,6 @@ pub struct Caller {
     grant: Option<Grant>,
     /// Who counts against the per-client limits.
     pub client: ClientId,
-}
-
-/// The client a limit counts: the token's subject, else the address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ClientId {
-    Subject(String),
-    Address(IpAddr),
-    Unknown,
 }
 
 impl Caller {
@@ -116,8 +108,7 @@ impl Kind {
 
 /// The topic the seed article's notifications are, and the queue of its
 /// task queue.
-const NOTIFICATIONS: &str = crate::notifications::NOTIFICATIONS_TOPIC;
-const ARTICLE_QUEUE: &str = crate::api_queue::ARTICLE_QUEUE;
+use crate::seed::{ARTICLE_QUEUE, NOTIFICATIONS_TOPIC as NOTIFICATIONS};
 
 /// The table of what each route does (the router's, seen by the rules).
 pub fn need(method: &Method, path: &str, query: Option<&str>) -> Need {
@@ -173,7 +164,7 @@ fn decoded(segment: &str) -> String {
 /// `403`, or the [`Caller`] the rest of the request is served for.
 pub fn admit(state: &AppState, request: &RequestView<'_>) -> Result<Caller, ApiError> {
     let client = client_of(request);
-    cors::check_upgrade(state, request)?;
+    cors::check_upgrade(&state.config().cors, request)?;
     let Some(auth) = &state.config().auth else {
         return Ok(Caller {
             auth: None,
@@ -198,7 +189,7 @@ pub fn admit(state: &AppState, request: &RequestView<'_>) -> Result<Caller, ApiE
         // A browser sends the cookie whichever site made the request: only
         // this server's own pages and the allowed origins may use it. An
         // open route reads no token, so the cookie authenticates nothing.
-        cors::check_cookie_origin(state, request)?;
+        cors::check_cookie_origin(&state.config().cors, request)?;
     }
     let client = match grant.as_ref().and_then(|g| g.sub.clone()) {
         Some(sub) => ClientId::Subject(sub),
@@ -222,16 +213,16 @@ fn client_of(request: &RequestView<'_>) -> ClientId {
 pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let (cors, admitted) = {
         let view = RequestView::of_request(&request);
-        if let Some(preflight) = cors::preflight(&state, &view) {
+        if let Some(preflight) = cors::preflight(&state.config().cors, &view) {
             return preflight.into_response();
         }
         // Counted before the gate, as the direct path counts what it reads:
         // a refused subscribe request was read by this stack too.
         let reads = [Method::GET, Method::HEAD, Method::CONNECT].contains(view.method);
-        if reads && crate::subscribe::route(view.path).is_some() {
+        if reads && crate::subscribe::route::route(view.path).is_some() {
             metrics::counter!("herald_subscribe_requests_total", "stack" => "hyper").increment(1);
         }
-        (cors::headers(&state, &view), admit(&state, &view))
+        (cors::headers(&state.config().cors, &view), admit(&state, &view))
     };
     let mut response = match admitted {
         Ok(caller) => {

@@ -18,10 +18,9 @@ use crate::query::Query;
 use crate::state::AppState;
 use crate::subscribe::decide::cursor;
 use crate::task_stream::WaitData;
+use crate::seed::ARTICLE_QUEUE;
 use crate::tasks::task_response;
 
-/// The queue behind `/api/queue`.
-pub const ARTICLE_QUEUE: &str = "default";
 
 /// `POST /api/queue` (body = payload) → `{"id"}`.
 pub async fn enqueue(

@@ -10,7 +10,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use crate::answer::Whole;
 use crate::error::ApiError;
 use crate::request::RequestView;
-use crate::state::AppState;
 
 /// The origins whose pages may read herald's answers.
 #[derive(Debug, Clone, Default)]
@@ -68,8 +67,7 @@ fn origin<'a>(request: &RequestView<'a>) -> Option<&'a str> {
 /// The CORS headers for an answer to `request`; `None` without
 /// `--cors-origin`, or for an origin not allowed (the browser then keeps
 /// the answer from the page).
-pub fn headers(state: &AppState, request: &RequestView<'_>) -> Option<HeaderMap> {
-    let origins = &state.config().cors;
+pub fn headers(origins: &Origins, request: &RequestView<'_>) -> Option<HeaderMap> {
     if !origins.is_on() {
         return None;
     }
@@ -103,16 +101,16 @@ pub fn headers(state: &AppState, request: &RequestView<'_>) -> Option<HeaderMap>
 /// The answer to a preflight (`OPTIONS` with
 /// `Access-Control-Request-Method`) when `--cors-origin` is set: `204`,
 /// with the CORS headers if the origin is allowed.
-pub fn preflight(state: &AppState, request: &RequestView<'_>) -> Option<Whole> {
+pub fn preflight(origins: &Origins, request: &RequestView<'_>) -> Option<Whole> {
     if request.method != Method::OPTIONS
-        || !state.config().cors.is_on()
+        || !origins.is_on()
         || !request
             .headers
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     {
         return None;
     }
-    let mut headers = headers(state, request).unwrap_or_default();
+    let mut headers = headers(origins, request).unwrap_or_default();
     if headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
@@ -147,9 +145,9 @@ fn same_origin(origin: &str, request: &RequestView<'_>) -> bool {
 /// origin is refused unless that origin is listed: the cookie must not let
 /// another site publish or cancel for its holder. A request without
 /// `Origin` is not a cross-site one a browser made.
-pub fn check_cookie_origin(state: &AppState, request: &RequestView<'_>) -> Result<(), ApiError> {
+pub fn check_cookie_origin(origins: &Origins, request: &RequestView<'_>) -> Result<(), ApiError> {
     match origin(request) {
-        Some(o) if !same_origin(o, request) && !state.config().cors.listed(o) => {
+        Some(o) if !same_origin(o, request) && !origins.listed(o) => {
             Err(ApiError::Forbidden(format!(
                 "the herald_token cookie is not accepted from {o}: send the token in Authorization"
             )))
@@ -160,8 +158,7 @@ pub fn check_cookie_origin(state: &AppState, request: &RequestView<'_>) -> Resul
 
 /// With `--cors-origin` set, a WebSocket opened by a page of an origin not
 /// allowed is refused (browsers apply no CORS to WebSockets).
-pub fn check_upgrade(state: &AppState, request: &RequestView<'_>) -> Result<(), ApiError> {
-    let origins = &state.config().cors;
+pub fn check_upgrade(origins: &Origins, request: &RequestView<'_>) -> Result<(), ApiError> {
     let upgrade = request.method == Method::CONNECT
         || request
             .headers

@@ -18,7 +18,7 @@ use crate::error::ApiError;
 /// whose head is larger than the direct path reads (`431`): hyper's own
 /// limit is its read buffer, which a head arriving in one read can exceed.
 pub async fn refuse_ambiguous(request: Request, next: Next) -> Response {
-    if head_size(&request) > crate::direct::MAX_HEAD {
+    if head_size(&request) > crate::http1::head::MAX_HEAD {
         return ApiError::HeadTooLarge.into_response();
     }
     match check(request.headers()) {

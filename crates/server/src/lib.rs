@@ -23,6 +23,7 @@ mod notifications;
 mod ops;
 mod plan;
 mod publish;
+mod seed;
 pub mod query;
 pub mod request;
 pub mod state;

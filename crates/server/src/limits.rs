@@ -8,8 +8,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::access::ClientId;
 use crate::error::ApiError;
+
+/// The client a limit counts: the token's subject, else the address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ClientId {
+    Subject(String),
+    Address(std::net::IpAddr),
+    Unknown,
+}
 
 /// The limits, as configured (`None`: no limit).
 #[derive(Debug, Clone, Copy)]

@@ -214,7 +214,7 @@ async fn hyper_connection<IO>(
         .header_read_timeout(config.idle_timeout + config.head_timeout);
     builder
         .http2()
-        .max_header_list_size(u32::try_from(direct::MAX_HEAD).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(crate::http1::head::MAX_HEAD).unwrap_or(u32::MAX))
         // HTTP/2 has no idle timeout of its own here: a peer that vanished
         // is found by a ping unanswered within the write timeout.
         .timer(TokioTimer::new())

@@ -14,14 +14,9 @@ use serde::Deserialize;
 
 use crate::body::read_text;
 use crate::error::ApiError;
+use crate::seed::{NOTIFICATION_EVENT, NOTIFICATIONS_TOPIC};
 use crate::state::AppState;
 
-/// The topic behind `/api/notifications`.
-pub const NOTIFICATIONS_TOPIC: &str = "api.notifications";
-/// The type of every notification event.
-pub const NOTIFICATION_EVENT: &str = "notification";
-/// The comment line each notification event carries, as in the article.
-pub const NOTIFICATION_COMMENT: &[u8] = b": notification\n";
 
 #[derive(Deserialize)]
 struct Notification {

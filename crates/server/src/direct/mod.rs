@@ -52,7 +52,7 @@ use socket::Rewind;
 /// Longest request head read before leaving the connection to hyper (which
 /// answers `431`); also the most a client may send while a stream or long
 /// poll is open before the connection is closed.
-pub(crate) const MAX_HEAD: usize = 16 * 1024;
+use crate::http1::head::MAX_HEAD;
 
 /// The direct path of one server: its state and its lots. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -207,7 +207,7 @@ async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut, fres
     let peer = tcp.peer_addr().ok();
     let view = head.view(peer);
     // The gate every request passes, as hyper's do in `access::layer`.
-    let cors = crate::cors::headers(state, &view);
+    let cors = crate::cors::headers(&state.config().cors, &view);
     let decision = match crate::access::admit(state, &view) {
         Ok(caller) => subscribe::decide(state, &caller, route, &view).await,
         Err(refused) => Decision::Answer(refused.whole()),

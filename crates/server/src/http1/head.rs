@@ -12,6 +12,9 @@ use crate::request::RequestView;
 /// (which answers `431`).
 const MAX_HEADERS: usize = 64;
 
+/// The largest head herald reads (`431` above), on either stack.
+pub const MAX_HEAD: usize = 16 * 1024;
+
 /// A parsed request head.
 #[derive(Debug)]
 pub struct RequestHead {

@@ -18,7 +18,8 @@ use crate::access::Caller;
 use crate::answer::Whole;
 use crate::error::ApiError;
 use crate::negotiate::{Transport, negotiate};
-use crate::notifications::{NOTIFICATION_COMMENT, NOTIFICATIONS_TOPIC};
+pub use super::route::{Route, route};
+use crate::seed::{NOTIFICATION_COMMENT, NOTIFICATIONS_TOPIC};
 pub use crate::plan::{Mode, Plan, StreamKind};
 use crate::publish::topic;
 use crate::query::Query;
@@ -29,30 +30,6 @@ use crate::transport::{poll, sse, stream};
 /// Most topics one `/subscribe` request may name, unless configured
 /// otherwise (`--max-topics-per-subscription`).
 pub const MAX_TOPICS: usize = 64;
-
-/// Which subscribe route a path is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route<'a> {
-    /// `/topics/{topic}`, with the segment as sent (percent-encoded).
-    Topic(&'a str),
-    /// `/subscribe`: the topics are in the query.
-    Subscribe,
-    /// `/api/notifications`: SSE of the topic `api.notifications`, each
-    /// event with the article's comment line.
-    Notifications,
-}
-
-/// The subscribe route `path` names, if any (the router's table for these
-/// routes: a topic is a segment, never empty, never two).
-pub fn route(path: &str) -> Option<Route<'_>> {
-    match path {
-        "/subscribe" => return Some(Route::Subscribe),
-        "/api/notifications" => return Some(Route::Notifications),
-        _ => {}
-    }
-    let segment = path.strip_prefix("/topics/")?;
-    (!segment.is_empty() && !segment.contains('/')).then_some(Route::Topic(segment))
-}
 
 /// What a subscribe request comes to.
 #[derive(Debug)]

@@ -19,6 +19,7 @@ use crate::transport::stream::NdjsonEncoder;
 use crate::transport::{Outbox, streaming_body, ws};
 
 pub mod decide;
+pub mod route;
 
 pub use decide::{Decision, Mode, Plan, Route, StreamKind, decide, route};
 
