@@ -28,7 +28,7 @@ mod sources;
 const SECRET: &str = "e2e-auth-secret-0123456789abcdef-0123";
 
 /// A server that wants tokens signed with [`SECRET`], plus `extra` flags.
-fn server(extra: &[&str]) -> Server {
+pub(crate) fn server(extra: &[&str]) -> Server {
     let mut flags = vec!["--auth-jwt-secret", SECRET];
     flags.extend_from_slice(extra);
     Server::start(&flags)
@@ -106,7 +106,7 @@ fn sign_with(claims: &Value, secret: &str, alg: Algorithm) -> String {
 }
 
 /// A valid token allowing `herald`, for an hour.
-fn token(herald: Value) -> String {
+pub(crate) fn token(herald: Value) -> String {
     sign_with(
         &claims(herald, Some(unix_now() + 3600)),
         SECRET,
@@ -295,7 +295,7 @@ async fn get_root(server: &Server, path: &str) -> Answer {
 
 /// The value of one metric line (`name{labels} value`), read with the
 /// root token.
-async fn metric(server: &Server, series: &str) -> f64 {
+pub(crate) async fn metric(server: &Server, series: &str) -> f64 {
     let text = get_root(server, "/metrics").await;
     assert_eq!(text.status, 200, "/metrics: {}", text.body);
     text.body
@@ -343,7 +343,7 @@ async fn publish(server: &Server, topic: &str, data: &str) -> String {
 }
 
 /// Every event of `topic`, read by short poll with the root token.
-async fn events_of(server: &Server, topic: &str) -> Vec<Value> {
+pub(crate) async fn events_of(server: &Server, topic: &str) -> Vec<Value> {
     let a = get_root(server, &format!("/topics/{topic}?limit=1000")).await;
     match a.status {
         204 => Vec::new(),
