@@ -222,7 +222,10 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
         if reads && crate::subscribe::route::route(view.path).is_some() {
             metrics::counter!("herald_subscribe_requests_total", "stack" => "hyper").increment(1);
         }
-        (cors::headers(&state.config().cors, &view), admit(&state, &view))
+        (
+            cors::headers(&state.config().cors, &view),
+            admit(&state, &view),
+        )
     };
     let mut response = match admitted {
         Ok(caller) => {

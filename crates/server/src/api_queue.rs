@@ -15,12 +15,11 @@ use herald_core::{CursorInput, Topic};
 
 use crate::error::ApiError;
 use crate::query::Query;
+use crate::seed::ARTICLE_QUEUE;
 use crate::state::AppState;
 use crate::subscribe::decide::cursor;
 use crate::task_stream::WaitData;
-use crate::seed::ARTICLE_QUEUE;
 use crate::tasks::task_response;
-
 
 /// `POST /api/queue` (body = payload) → `{"id"}`.
 pub async fn enqueue(

@@ -159,6 +159,12 @@ impl From<crate::auth::Denied> for ApiError {
     }
 }
 
+/// Counts a refusal (a limit, a missing or bad token, a scope) by its
+/// reason in `herald_refused_total`.
+pub fn refused(reason: &'static str) {
+    metrics::counter!("herald_refused_total", "reason" => reason).increment(1);
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -202,9 +208,9 @@ impl ApiError {
         // Limits count their own refusals where they are made.
         match &self {
             ApiError::Unauthorized(_) | ApiError::InvalidToken(_) => {
-                crate::limits::refused("unauthorized");
+                refused("unauthorized");
             }
-            ApiError::Forbidden(_) => crate::limits::refused("forbidden"),
+            ApiError::Forbidden(_) => refused("forbidden"),
             _ => {}
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {

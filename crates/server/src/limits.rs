@@ -39,10 +39,7 @@ impl Default for LimitConfig {
     }
 }
 
-/// Counts a refusal by its reason.
-pub fn refused(reason: &'static str) {
-    metrics::counter!("herald_refused_total", "reason" => reason).increment(1);
-}
+pub use crate::error::refused;
 
 /// The live counts the limits are checked against.
 #[derive(Debug, Default)]

@@ -17,7 +17,6 @@ use crate::error::ApiError;
 use crate::seed::{NOTIFICATION_EVENT, NOTIFICATIONS_TOPIC};
 use crate::state::AppState;
 
-
 #[derive(Deserialize)]
 struct Notification {
     #[serde(rename = "type")]

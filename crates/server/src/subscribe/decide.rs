@@ -14,16 +14,16 @@ use bytes::Bytes;
 use herald_core::{CursorInput, Topic};
 use tokio::time::Instant;
 
+pub use super::route::{Route, route};
 use crate::access::Caller;
 use crate::answer::Whole;
 use crate::error::ApiError;
 use crate::negotiate::{Transport, negotiate};
-pub use super::route::{Route, route};
-use crate::seed::{NOTIFICATION_COMMENT, NOTIFICATIONS_TOPIC};
 pub use crate::plan::{Mode, Plan, StreamKind};
 use crate::publish::topic;
 use crate::query::Query;
 use crate::request::RequestView;
+use crate::seed::{NOTIFICATION_COMMENT, NOTIFICATIONS_TOPIC};
 use crate::state::AppState;
 use crate::transport::{poll, sse, stream};
 
