@@ -24,6 +24,7 @@ use crate::cors;
 use crate::error::ApiError;
 pub use crate::limits::ClientId;
 use crate::request::RequestView;
+use crate::seed::{ARTICLE_QUEUE, NOTIFICATIONS_TOPIC as NOTIFICATIONS};
 use crate::state::AppState;
 
 /// Who sent a request, as far as the rules care.
@@ -105,10 +106,6 @@ impl Kind {
         }
     }
 }
-
-/// The topic the seed article's notifications are, and the queue of its
-/// task queue.
-use crate::seed::{ARTICLE_QUEUE, NOTIFICATIONS_TOPIC as NOTIFICATIONS};
 
 /// The table of what each route does (the router's, seen by the rules).
 pub fn need(method: &Method, path: &str, query: Option<&str>) -> Need {
@@ -257,7 +254,9 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
         parts: &mut axum::http::request::Parts,
         _: &S,
     ) -> Result<Caller, ApiError> {
-        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+        // Taken, not cloned: a handler has one caller, and a token's grant
+        // holds its patterns.
+        parts.extensions.remove::<Caller>().ok_or_else(|| {
             ApiError::Internal("a request reached its handler without passing the gate".into())
         })
     }

@@ -28,16 +28,16 @@ pub use decide::{Decision, Mode, Plan, Route, StreamKind, decide, route};
 /// extended `CONNECT` (RFC 8441).
 pub async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let (mut parts, _body) = request.into_parts();
+    // Put there by the gate every hyper request passes (`access::layer`),
+    // which also counts the request in `herald_subscribe_requests_total`.
+    let Some(caller) = parts.extensions.remove::<Caller>() else {
+        return ApiError::Internal("a subscribe request did not pass the gate".into())
+            .into_response();
+    };
     let view = RequestView::of(&parts);
     // The router sends only the subscribe routes here.
     let Some(route) = route(view.path) else {
         return ApiError::NotFound.into_response();
-    };
-    // Counted by the gate's layer (`access::layer`), refused ones too.
-    // Put there by the gate every hyper request passes (`access::layer`).
-    let Some(caller) = parts.extensions.get::<Caller>().cloned() else {
-        return ApiError::Internal("a subscribe request did not pass the gate".into())
-            .into_response();
     };
     let plan = match decide(&state, &caller, route, &view).await {
         Decision::Answer(whole) => return whole.into_response(),
