@@ -57,7 +57,9 @@ use crate::net::Target;
                   taskset -c 1 herald-bench --server-pid $(pgrep -n herald) storm --clients 2000 --history 1000\n  \
                   taskset -c 1 herald-bench floor --subs 1000   (no server: the sender on core 0)\n\n\
                   `cargo bench --bench publish` and `cargo bench --bench tasks` measure the \
-                  same with a server of their own, over every store."
+                  same with a server of their own, over every store.\n\n\
+                  Against a server with authorization on, set HERALD_TOKEN to a token with \
+                  `admin` (for /metrics) and the scopes the mode uses (`publish` supports it)."
 )]
 struct Cli {
     /// The herald to drive.

@@ -244,7 +244,14 @@ pub fn http() -> reqwest::Client {
     // reqwest has rustls but no provider of its own: give it `ring`, once
     // (an error says one is installed already).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(auth) = authorization() {
+        if let Ok(value) = reqwest::header::HeaderValue::try_from(auth) {
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+    }
     reqwest::Client::builder()
+        .default_headers(headers)
         // The server under test is plain HTTP: no trusted roots to load
         // (the system's cost tens of milliseconds, and fail where there
         // are none).
@@ -252,4 +259,14 @@ pub fn http() -> reqwest::Client {
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap()
+}
+
+/// `Authorization: Bearer …` from `HERALD_TOKEN`, for a server run with
+/// authorization on (the token needs `admin` for `/metrics`, and the
+/// scopes of what the mode does).
+pub fn authorization() -> Option<String> {
+    std::env::var("HERALD_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(|t| format!("Bearer {t}"))
 }

@@ -76,11 +76,14 @@ impl Tally {
 pub async fn publish(t: &Target, load: Load) -> (Value, bool) {
     let client = http();
     let counted0 = metric(&client, t, PUBLISHED).await;
+    let auth = crate::net::authorization().map(|a| format!("Authorization: {a}"));
+    let mut headers = vec!["Content-Type: text/plain"];
+    headers.extend(auth.as_deref());
     let req = request(
         "POST",
         &format!("/topics/{}", load.topic),
         &t.host,
-        &["Content-Type: text/plain"],
+        &headers,
         &[b'x'; BODY_LEN],
     );
     let measure_from = Instant::now() + WARMUP;
