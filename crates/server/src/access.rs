@@ -33,7 +33,7 @@ pub struct Caller {
     /// `None`: authorization is off, and everything is allowed.
     auth: Option<Arc<Auth>>,
     /// The verified token, if one was sent.
-    grant: Option<Grant>,
+    grant: Option<Arc<Grant>>,
     /// Who counts against the per-client limits.
     pub client: ClientId,
 }
@@ -173,7 +173,7 @@ pub fn admit(state: &AppState, request: &RequestView<'_>) -> Result<Caller, ApiE
     let token = found.as_ref().map(|f| f.token.as_ref());
     let grant = match need(request.method, request.path, request.query) {
         Need::Open => None,
-        Need::Token => Some(auth.verify(
+        Need::Token => Some(auth.check(
             token.ok_or(crate::auth::AuthError::Missing)?,
             SystemTime::now(),
         )?),

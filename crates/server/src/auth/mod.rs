@@ -10,7 +10,9 @@
 //! no token ──public_allows(Action)──────────────────┘ (else 401)
 //! ```
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use jsonwebtoken::errors::ErrorKind;
@@ -107,7 +109,16 @@ pub struct Auth {
     issuer: Option<String>,
     audience: Option<String>,
     public_subscribe: Vec<Pattern>,
+    /// Tokens verified already, by their text: a client sends the same
+    /// token with every request, and verifying it (the signature, then
+    /// the claims decoded) was a fifth of a publish's cost. A token's
+    /// verdict changes only with time, and only at `exp`, which is checked
+    /// again at every use.
+    verified: Mutex<HashMap<Box<str>, Arc<Grant>>>,
 }
+
+/// Most tokens remembered at once; past it the memory is cleared.
+const VERIFIED_CAP: usize = 4096;
 
 impl Auth {
     /// Reads the key (a file, when named). The error is for the operator.
@@ -126,6 +137,7 @@ impl Auth {
             issuer: config.issuer,
             audience: config.audience,
             public_subscribe: config.public_subscribe,
+            verified: Mutex::default(),
         }
     }
 
@@ -203,6 +215,30 @@ impl Auth {
         })
     }
 
+    /// [`Auth::verify`], remembered: a token verified before is accepted
+    /// again without its signature being checked, until its `exp` (with
+    /// the leeway) has passed.
+    pub fn check(&self, token: &str, now: SystemTime) -> Result<Arc<Grant>, AuthError> {
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(grant) = verified.get(token) {
+            let expired = grant.exp.is_some_and(|exp| {
+                unix_seconds(now) > unix_seconds(exp).saturating_add(LEEWAY_SECS)
+            });
+            if !expired {
+                return Ok(Arc::clone(grant));
+            }
+            verified.remove(token);
+        }
+        drop(verified);
+        let grant = Arc::new(self.verify(token, now)?);
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_CAP {
+            verified.clear();
+        }
+        verified.insert(token.into(), Arc::clone(&grant));
+        Ok(grant)
+    }
+
     /// Whether a request with no token may do `action`: read a topic that
     /// `--public-subscribe` names, nothing else.
     pub fn public_allows(&self, action: &Action<'_>) -> bool {
@@ -227,7 +263,7 @@ impl Auth {
         token: Option<&str>,
         actions: &[Action<'_>],
         now: SystemTime,
-    ) -> Result<Option<Grant>, Denied> {
+    ) -> Result<Option<Arc<Grant>>, Denied> {
         let Some(token) = token else {
             return if actions.iter().all(|a| self.public_allows(a)) {
                 Ok(None)
@@ -235,7 +271,7 @@ impl Auth {
                 Err(AuthError::Missing.into())
             };
         };
-        let grant = self.verify(token, now)?;
+        let grant = self.check(token, now)?;
         match actions
             .iter()
             .find(|a| !grant.allows(a) && !self.public_allows(a))

@@ -356,7 +356,7 @@ fn authorize_decides_anonymous_bad_and_scoped_requests() {
         &[Action::Subscribe("chat.1"), Action::Subscribe("public.a")],
     );
     assert_eq!(
-        granted.ok().flatten().and_then(|g| g.sub),
+        granted.ok().flatten().and_then(|g| g.sub.clone()),
         Some("alice".into())
     );
     assert!(decide(Some(&token), &[Action::AnyValidToken]).is_ok());
@@ -412,4 +412,23 @@ fn a_minted_token_verifies_with_its_secret() {
         mint("", &spec, now()),
         Err(MintError::EmptySecret)
     ));
+}
+
+#[test]
+fn a_verified_token_is_remembered_until_it_expires() {
+    let auth = Auth::new(config(secret())).unwrap_or_else(|e| panic!("{e}"));
+    let token = sign(Algorithm::HS256, "s3cret", None, &scoped());
+    let first = auth.check(&token, now()).unwrap_or_else(|e| panic!("{e}"));
+    let again = auth.check(&token, now()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(std::sync::Arc::ptr_eq(&first, &again), "verified once");
+    // Past its exp and the leeway, the remembered verdict no longer holds.
+    let exp = first
+        .exp
+        .unwrap_or_else(|| panic!("the test token expires"));
+    let later = exp + std::time::Duration::from_secs(LEEWAY_SECS as u64 + 1);
+    assert_eq!(auth.check(&token, later).err(), Some(AuthError::Expired));
+    // A bad token is never remembered as good.
+    let bad = sign(Algorithm::HS256, "wrong", None, &scoped());
+    assert_eq!(auth.check(&bad, now()).err(), Some(AuthError::BadSignature));
+    assert_eq!(auth.check(&bad, now()).err(), Some(AuthError::BadSignature));
 }
