@@ -12,6 +12,8 @@ use herald_core::{HubConfig, Retention};
 use herald_server::ServerConfig;
 use herald_server::auth::{Auth, AuthConfig, KeySource, Pattern};
 
+pub mod size;
+
 /// herald: a server-push hub — short poll, long poll, HTTP streaming,
 /// Server-Sent Events and WebSocket over one event model.
 #[derive(Debug, Parser)]
@@ -120,6 +122,11 @@ pub struct PublishArgs {
     /// The event type (default `message`).
     #[arg(long)]
     pub event: Option<String>,
+    /// The publish's idempotency key: the server stores one event per key,
+    /// so running the same command again does not publish twice. Default:
+    /// a fresh key (retries within one run still share it).
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
 }
 
 /// How to receive events.
@@ -147,6 +154,11 @@ pub struct SubscribeArgs {
     /// Exit after this many events.
     #[arg(long)]
     pub count: Option<u64>,
+    /// Exit non-zero after this long without a connection (`30s`, `5m`).
+    /// Default: 30s until the first connection, then never (reconnect for
+    /// ever).
+    #[arg(long, value_name = "DURATION")]
+    pub give_up_after: Option<String>,
 }
 
 /// `herald task …`.
@@ -222,6 +234,10 @@ pub struct WorkArgs {
     /// The lease asked for with each claim; a progress line extends it.
     #[arg(long, default_value = "60s")]
     pub lease: String,
+    /// Print nothing per task (by default one line per task on stdout: its
+    /// id, how it ended, how long it took).
+    #[arg(long, short)]
+    pub quiet: bool,
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -239,8 +255,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HERALD_STORE", default_value = "file:./herald-data")]
     pub store: String,
     /// Refuse publishes (503) once the embedded database would grow past
-    /// this many bytes.
-    #[arg(long, env = "HERALD_MAX_DB_SIZE")]
+    /// this size (`500MiB`, `2GB`, or bytes).
+    #[arg(long, env = "HERALD_MAX_DB_SIZE", value_name = "SIZE", value_parser = size::parse)]
     pub max_db_size: Option<u64>,
     /// Newest events kept per topic.
     #[arg(long, env = "HERALD_RETENTION_EVENTS", default_value_t = 1000)]
@@ -248,8 +264,15 @@ pub struct ServeArgs {
     /// Events older than this are dropped (`off` keeps them by count only).
     #[arg(long, env = "HERALD_RETENTION_AGE", default_value = "24h")]
     pub retention_age: String,
-    /// Largest request body, in bytes (one event, or a whole batch).
-    #[arg(long, env = "HERALD_MAX_BODY", default_value_t = 1024 * 1024)]
+    /// Largest request body (one event, or a whole batch): `2MiB`, `512KiB`,
+    /// `2MB`, or bytes.
+    #[arg(
+        long,
+        env = "HERALD_MAX_BODY",
+        value_name = "SIZE",
+        default_value = "1MiB",
+        value_parser = size::parse_usize
+    )]
     pub max_body: usize,
     /// Keep-alive interval of every stream (SSE comment, NDJSON empty line, WebSocket ping).
     #[arg(long, env = "HERALD_KEEPALIVE", default_value = "15s")]
@@ -683,6 +706,26 @@ mod tests {
         assert_eq!(c.hub.keepalive, Duration::from_millis(500));
         assert_eq!(c.server.retry, Duration::from_secs(2));
         assert_eq!(c.retention.max_age, None);
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse(&[]).unwrap().server.max_body, 1 << 20);
+        let max_body = |text: &str| parse(&["--max-body", text]).map(|c| c.server.max_body);
+        assert_eq!(max_body("2MiB").unwrap(), 2 << 20);
+        assert_eq!(max_body("2MB").unwrap(), 2_000_000);
+        assert_eq!(max_body("512KiB").unwrap(), 512 << 10);
+        assert_eq!(max_body("1048576").unwrap(), 1 << 20);
+        assert!(max_body("lots").is_err());
+        assert!(max_body("0").is_err());
+        let c = parse(&["--store", "file:d", "--max-db-size", "1GiB"]).unwrap();
+        assert_eq!(
+            c.store,
+            StoreChoice::File {
+                dir: PathBuf::from("d"),
+                max_bytes: Some(1 << 30)
+            }
+        );
     }
 
     #[test]

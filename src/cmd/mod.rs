@@ -31,7 +31,7 @@ pub async fn run(client: Client, out: Output, command: Command) -> anyhow::Resul
         Command::Task(TaskCommand::Submit(args)) => task::submit(&client, out, args).await,
         Command::Task(TaskCommand::Status { id }) => task::status(&client, out, &id).await,
         Command::Task(TaskCommand::Cancel { id }) => task::cancel(&client, out, &id).await,
-        Command::Task(TaskCommand::Work(args)) => work::run(&client, args).await,
+        Command::Task(TaskCommand::Work(args)) => work::run(&client, out, args).await,
     }
 }
 

@@ -1,4 +1,4 @@
-//! `herald pub TOPIC [DATA|-] [--event TYPE]`.
+//! `herald pub TOPIC [DATA|-] [--event TYPE] [--idempotency-key KEY]`.
 
 use std::process::ExitCode;
 
@@ -17,18 +17,34 @@ pub async fn run(client: &Client, out: Output, args: PublishArgs) -> anyhow::Res
             data.pop();
         }
     }
-    let receipt = client
-        .publish_as(&args.topic, args.event.as_deref(), data)
-        .await?;
+    let event = args.event.as_deref();
+    let receipt = match args.idempotency_key.as_deref() {
+        Some(key) => {
+            if key.trim().is_empty() {
+                anyhow::bail!("--idempotency-key must not be empty");
+            }
+            client
+                .publish_with_key(&args.topic, event, data, key)
+                .await?
+        }
+        None => client.publish_as(&args.topic, event, data).await?,
+    };
     if out.json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "id": receipt.id,
             "topic": receipt.topic,
             "event": receipt.event,
             "time": receipt.time,
         });
+        if receipt.replayed {
+            // Only then: the receipt of a fresh publish keeps its four fields.
+            v["replayed"] = true.into();
+        }
         println!("{v}");
     } else {
+        if receipt.replayed {
+            eprintln!("herald: published before under this idempotency key; not again");
+        }
         println!("{}", receipt.id);
     }
     Ok(ExitCode::SUCCESS)

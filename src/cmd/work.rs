@@ -2,17 +2,19 @@
 //! that runs a command per task.
 
 use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 use herald_client::{Client, Failure, Payload, Progress, Task, Worker};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-use super::payload_of;
+use super::{Output, payload_of};
 use crate::cli::WorkArgs;
 
-pub async fn run(client: &Client, args: WorkArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(client: &Client, out: Output, args: WorkArgs) -> anyhow::Result<ExitCode> {
     let lease = crate::cli::duration("lease", &args.lease)?;
     let command = args.command.clone();
+    let quiet = args.quiet;
     eprintln!(
         "herald: working on queue {} with {} slot(s): {} (Ctrl-C stops)",
         args.queue,
@@ -25,7 +27,15 @@ pub async fn run(client: &Client, args: WorkArgs) -> anyhow::Result<ExitCode> {
         .run(
             move |task, progress| {
                 let command = command.clone();
-                async move { run_one(&command, task, progress).await }
+                async move {
+                    let (id, attempt) = (task.id.clone(), (task.attempts, task.max_attempts));
+                    let started = Instant::now();
+                    let outcome = run_one(&command, task, progress).await;
+                    if !quiet {
+                        println!("{}", ran(out, &id, attempt, &outcome, started.elapsed()));
+                    }
+                    outcome
+                }
             },
             async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -34,6 +44,50 @@ pub async fn run(client: &Client, args: WorkArgs) -> anyhow::Result<ExitCode> {
         )
         .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The line printed for a task that ran: `ID succeeded in 12ms`,
+/// `ID failed (attempt 1 of 3; to be retried): exit status: 1: it broke in
+/// 8ms`, or
+/// the same as JSON.
+fn ran(
+    out: Output,
+    id: &str,
+    (attempt, of): (u32, u32),
+    outcome: &Result<Payload, Failure>,
+    took: Duration,
+) -> String {
+    // Milliseconds are enough for a person, and keep the line short.
+    let took = Duration::from_millis(u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
+    let took_text = humantime::format_duration(took).to_string();
+    if out.json {
+        let mut v = serde_json::json!({
+            "id": id,
+            "attempt": attempt,
+            "max_attempts": of,
+            "outcome": if outcome.is_ok() { "succeeded" } else { "failed" },
+            "ms": took.as_millis(),
+        });
+        if let Err(f) = outcome {
+            v["error"] = f.error.clone().into();
+            v["retry"] = f.retry.into();
+        }
+        return v.to_string();
+    }
+    match outcome {
+        Ok(_) => format!("{id} succeeded in {took_text}"),
+        Err(f) => {
+            let next = if f.retry && attempt < of {
+                "; to be retried"
+            } else {
+                ""
+            };
+            format!(
+                "{id} failed (attempt {attempt} of {of}{next}): {} in {took_text}",
+                f.error
+            )
+        }
+    }
 }
 
 /// The payload as the command reads it: a JSON string as its text, any

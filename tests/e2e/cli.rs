@@ -19,6 +19,10 @@ use tokio::sync::watch;
 
 use crate::harness::{Server, read_all, temp_dir, wait_for_metric, within};
 
+/// What the command line says when something is wrong: the cause of a
+/// failed connection, giving up, per-task lines of a worker, logs.
+mod diagnosis;
+
 /// The exit code of a wait that ran out of time.
 const TIMED_OUT: i32 = 124;
 
@@ -406,7 +410,7 @@ async fn an_unreachable_or_unusable_server_is_an_error_not_a_panic() {
         run_at(&closed, &["task", "status", "some-id"], None),
     );
     for ran in [publish, submit, status] {
-        ran.refused(&["transport"]);
+        ran.refused(&["transport", "connection refused"]);
     }
     run_at("ftp://127.0.0.1:1", &["pub", "news", "hello"], None)
         .await
@@ -424,7 +428,7 @@ async fn submit_and_wait(via: &str, payload: &str, from_stdin: bool) {
     let dir = temp_dir();
     let echo = script(dir.path(), "echo.sh", ECHO);
     let queue = format!("cli.{via}");
-    let _worker = Running::start(&server, &["task", "work", &queue, "--", "sh", &echo]);
+    let mut worker = Running::start(&server, &["task", "work", &queue, "--", "sh", &echo]);
 
     let wait = [
         "task",
@@ -447,6 +451,9 @@ async fn submit_and_wait(via: &str, payload: &str, from_stdin: bool) {
     let result = done.ok().line().to_owned();
     let (id, said) = result.split_once(' ').expect("`ID got: PAYLOAD`");
     assert_eq!(said, format!("got: {payload}"));
+    // The worker said what it did, on a line of its own.
+    let ran = worker.line().await;
+    assert!(ran.starts_with(&format!("{id} succeeded in ")), "{ran}");
 
     let task = run(&server, &["task", "status", id, "--json"])
         .await
@@ -525,7 +532,7 @@ echo "it broke" >&2
 exit 1
 "#,
     );
-    let _worker = Running::start(
+    let mut worker = Running::start(
         &server,
         &["task", "work", "flaky", "--", "sh", &failing, runs_arg],
     );
@@ -552,6 +559,12 @@ exit 1
     // The server's default is 3 attempts: the command ran 3 times.
     let ran = std::fs::read_to_string(&runs).expect("runs file");
     assert_eq!(ran, "attempt 1\nattempt 2\nattempt 3\n");
+    // One line per attempt from the worker; the last one is not retried.
+    for (n, next) in [(1, "; to be retried"), (2, "; to be retried"), (3, "")] {
+        let line = worker.line().await;
+        let want = format!(" failed (attempt {n} of 3{next}): exit status: 1: it broke in ");
+        assert!(line.contains(&want), "{line}");
+    }
 
     // With --json the failed task is printed, still exit 1.
     std::fs::remove_file(&runs).expect("rm runs");
@@ -942,7 +955,13 @@ echo finished
     worker.interrupt();
     worker.stderr_says("stopping after the running tasks").await;
     std::fs::write(&go, "").expect("touch go");
-    worker.succeeds().await;
+    // It exits 0, having said how the task it finished went.
+    let (status, rest) = worker.finish().await;
+    assert!(status.success(), "{status}");
+    assert!(
+        rest.len() == 1 && rest[0].starts_with(&format!("{id} succeeded in ")),
+        "{rest:?}"
+    );
 
     let task = run(&server, &["task", "status", id, "--json"])
         .await

@@ -36,7 +36,7 @@ mod tasks;
 mod worker;
 
 pub use error::Error;
-pub use subscribe::{Cursor, Delivery, Subscription, Transport};
+pub use subscribe::{Connection, Cursor, Delivery, Subscription, Transport};
 pub use tasks::{Payload, Task, Update, Wait, WaitOutcome};
 pub use worker::{Claimed, Failure, Progress, Worker};
 
@@ -188,8 +188,22 @@ impl Client {
         event: Option<&str>,
         data: impl Into<String>,
     ) -> Result<Receipt, Error> {
-        let data = data.into();
         let key = uuid::Uuid::new_v4().to_string();
+        self.publish_with_key(topic, event, data, &key).await
+    }
+
+    /// [`Client::publish_as`] under the caller's idempotency key: the
+    /// server stores one event per key, so publishing again with the same
+    /// key (a script run twice, say) returns the first receipt with
+    /// [`Receipt::replayed`] set instead of storing a second event.
+    pub async fn publish_with_key(
+        &self,
+        topic: &str,
+        event: Option<&str>,
+        data: impl Into<String>,
+        key: &str,
+    ) -> Result<Receipt, Error> {
+        let data = data.into();
         let mut url = self.url(&format!("/topics/{}", encode(topic)));
         if let Some(event) = event {
             url.push_str(&format!("?event={}", encode(event)));
@@ -198,7 +212,7 @@ impl Client {
             let response = self
                 .http
                 .post(&url)
-                .header("idempotency-key", &key)
+                .header("idempotency-key", key)
                 .body(data.clone())
                 .send()
                 .await?;

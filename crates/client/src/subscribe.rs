@@ -69,6 +69,25 @@ pub enum Delivery {
     },
 }
 
+/// What happened to a subscription's connection, told to the callback of
+/// [`Client::subscribe_watched`]: the stream itself yields only deliveries
+/// and the error that ends it.
+#[derive(Debug)]
+pub enum Connection {
+    /// A connection is open: the first, or one after a reconnect.
+    Up,
+    /// Connecting failed, or an open connection broke; the next try is in
+    /// `retry_in`.
+    Failed { error: Error, retry_in: Duration },
+    /// The server ended the stream cleanly; the next try is in `retry_in`.
+    Ended { retry_in: Duration },
+}
+
+/// The callback of [`Client::subscribe_watched`]. In a `Mutex` only to be
+/// `Sync` (the task's futures borrow their state across `.await`s): it is
+/// reached by `get_mut`, never locked.
+type Watcher = std::sync::Mutex<Box<dyn FnMut(Connection) + Send>>;
+
 /// A stream of deliveries; reconnects by itself until dropped.
 #[derive(Debug)]
 pub struct Subscription {
@@ -111,6 +130,43 @@ impl Client {
     /// # }
     /// ```
     pub fn subscribe(&self, topics: &[&str], cursor: Cursor, transport: Transport) -> Subscription {
+        self.follow(topics, cursor, transport, None)
+    }
+
+    /// [`Client::subscribe`], telling `watch` of every connection made, lost
+    /// or refused — for a caller that shows why no events come (the stream
+    /// alone retries quietly).
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), herald_client::Error> {
+    /// use herald_client::{Client, Connection, Cursor, Transport};
+    /// let client = Client::new("http://127.0.0.1:7171")?;
+    /// let events = client.subscribe_watched(&["news"], Cursor::Now, Transport::Sse, |c| {
+    ///     if let Connection::Failed { error, retry_in } = c {
+    ///         eprintln!("{error}; retrying in {retry_in:?}");
+    ///     }
+    /// });
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn subscribe_watched(
+        &self,
+        topics: &[&str],
+        cursor: Cursor,
+        transport: Transport,
+        watch: impl FnMut(Connection) + Send + 'static,
+    ) -> Subscription {
+        let watcher = std::sync::Mutex::new(Box::new(watch) as Box<dyn FnMut(Connection) + Send>);
+        self.follow(topics, cursor, transport, Some(watcher))
+    }
+
+    fn follow(
+        &self,
+        topics: &[&str],
+        cursor: Cursor,
+        transport: Transport,
+        watcher: Option<Watcher>,
+    ) -> Subscription {
         let (tx, rx) = mpsc::channel(256);
         let state = Follow {
             client: self.clone(),
@@ -119,6 +175,8 @@ impl Client {
             last: HashMap::new(),
             retry: Duration::from_secs(3),
             tx,
+            watcher,
+            up: false,
         };
         let task = tokio::spawn(state.run(transport));
         Subscription { rx, task }
@@ -144,6 +202,10 @@ struct Follow {
     last: HashMap<String, String>,
     retry: Duration,
     tx: mpsc::Sender<Result<Delivery, Error>>,
+    /// Told of connections made and lost, if the caller asked.
+    watcher: Option<Watcher>,
+    /// A connection is open (the watcher was told [`Connection::Up`]).
+    up: bool,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -166,21 +228,46 @@ impl Follow {
                 Ended::Stop => return,
                 Ended::Clean => {
                     backoff = Duration::from_millis(100);
+                    self.tell(Connection::Ended {
+                        retry_in: self.retry,
+                    });
                     self.retry
                 }
-                Ended::Failed(e) => {
-                    tracing::debug!(error = %e, "subscription connection failed; reconnecting");
+                Ended::Failed(error) => {
+                    tracing::debug!(%error, "subscription connection failed; reconnecting");
                     // A failed attempt backs off from 100 ms, doubling: a
                     // restart is picked up fast, an outage is not hammered.
                     // The server's `retry` governs reconnects after a clean end.
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                    self.tell(Connection::Failed {
+                        error,
+                        retry_in: backoff,
+                    });
                     backoff
                 }
             };
+            self.up = false;
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = self.tx.closed() => return,
             }
+        }
+    }
+
+    /// Tells the watcher, if there is one.
+    fn tell(&mut self, what: Connection) {
+        if let Some(watcher) = self.watcher.as_mut() {
+            // A callback that panicked poisoned it; calling it again is fine.
+            let watch = watcher.get_mut().unwrap_or_else(|p| p.into_inner());
+            watch(what);
+        }
+    }
+
+    /// A connection is open: tells the watcher once per connection.
+    fn connected(&mut self) {
+        if !self.up {
+            self.up = true;
+            self.tell(Connection::Up);
         }
     }
 
@@ -314,6 +401,7 @@ impl Follow {
         if response.status().as_u16() != 200 {
             return self.refused(response).await;
         }
+        self.connected();
         let mut body = response.bytes_stream();
         let mut decoder = Decoder::new();
         while let Some(chunk) = body.next().await {
@@ -390,14 +478,21 @@ impl Follow {
                 let _ = self.tx.send(Err(error::from_body(status, body))).await;
                 return Ended::Stop;
             }
-            Err(e) => return Ended::Failed(Error::Transport(e.to_string())),
+            // A URL the WebSocket client cannot use (`wss://` without its
+            // TLS) never will be: that ends it too.
+            Err(tokio_tungstenite::tungstenite::Error::Url(e)) => {
+                let _ = self.tx.send(Err(Error::Url(e.to_string()))).await;
+                return Ended::Stop;
+            }
+            Err(e) => return Ended::Failed(error::transport(&e)),
         };
+        self.connected();
         while let Some(message) = socket.next().await {
             let alive = match message {
                 Ok(Message::Text(text)) => self.json_frame(text.as_bytes()).await,
                 Ok(Message::Close(_)) => break,
                 Ok(_) => true,
-                Err(e) => return Ended::Failed(Error::Transport(e.to_string())),
+                Err(e) => return Ended::Failed(error::transport(&e)),
             };
             if !alive {
                 let _ = socket.close(None).await;
@@ -415,6 +510,7 @@ impl Follow {
         if response.status().as_u16() != 200 {
             return self.refused(response).await;
         }
+        self.connected();
         let mut body = response.bytes_stream();
         let mut lines = LineSplitter::new();
         while let Some(chunk) = body.next().await {
@@ -472,6 +568,9 @@ impl Follow {
                 Ok(r) => r,
                 Err(e) => return Ended::Failed(e),
             };
+            if matches!(response.status().as_u16(), 200 | 204) {
+                self.connected();
+            }
             match response.status().as_u16() {
                 200 => {
                     #[derive(Deserialize)]

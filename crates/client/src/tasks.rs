@@ -242,7 +242,7 @@ impl Client {
                         .into_owned();
                     return Err(Error::Unexpected { status, body });
                 }
-                Err(e) => return Err(Error::Transport(e.to_string())),
+                Err(e) => return Err(error::transport(&e)),
             };
             while let Some(message) = socket.next().await {
                 let Ok(Message::Text(text)) = message else {
