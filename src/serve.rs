@@ -100,6 +100,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let state = AppState::new(tasks, config.server.clone(), Some(metrics));
     let listener = listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let stop = stop_signal();
     tracing::info!(%addr, "listening");
     let scheme = if tls.is_some() { "https" } else { "http" };
     // One plain line on stdout, for scripts and tests that asked for port 0.
@@ -107,7 +108,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if let Some(tls) = &tls {
         reload_on_hangup(tls.clone());
     }
-    herald_server::serve(listener, state, tls, stop_signal()).await?;
+    herald_server::serve(listener, state, tls, stop).await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -158,26 +159,36 @@ fn reload_on_hangup(tls: Tls) {
     drop(tls);
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn stop_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, before the caller says it is listening: a signal sent right
+/// after that line is a clean shutdown, not the default death.
+fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        async fn one(signal: Option<Signal>) {
+            match signal {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        let int = signal(SignalKind::interrupt()).ok();
+        let term = signal(SignalKind::terminate()).ok();
+        async move {
+            tokio::select! {
+                () = one(int) => tracing::info!("SIGINT: shutting down"),
+                () = one(term) => tracing::info!("SIGTERM: shutting down"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("Ctrl-C: shutting down");
+        } else {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT: shutting down"),
-        () = term => tracing::info!("SIGTERM: shutting down"),
     }
 }

@@ -149,3 +149,15 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// A SIGTERM sent the moment the server says it listens is a clean stop:
+/// the handler is installed before that line is printed.
+#[tokio::test]
+async fn a_sigterm_right_after_the_listening_line_is_a_clean_stop() {
+    for _ in 0..3 {
+        let mut server = Server::start(&[]);
+        server.terminate();
+        let status = server.wait();
+        assert!(status.success(), "herald ended with {status:?}");
+    }
+}
