@@ -1,6 +1,6 @@
 //! Looking inside (issue 16): `GET /topics` paged by name, with this node's
 //! subscribers; `GET /queues` and `GET /queues/{queue}/tasks` paged by age;
-//! on the memory and the durable store; refused without the `admin` scope.
+//! on the memory, the durable and the Redis store; refused without the `admin` scope.
 
 use std::time::Duration;
 
@@ -251,6 +251,16 @@ async fn lists_queues_on_the_memory_store() {
 async fn lists_queues_on_the_durable_store() {
     let dir = temp_dir();
     lists_queues_and_their_tasks(Server::start_in(dir.path(), &[])).await;
+}
+
+#[tokio::test]
+async fn lists_topics_and_queues_on_redis() {
+    let Some(redis) = crate::cluster::Redis::start() else {
+        return;
+    };
+    lists_topics_by_name_in_pages(Server::start_with(&redis.url(), &[])).await;
+    let redis = crate::cluster::Redis::start().expect("a second redis-server");
+    lists_queues_and_their_tasks(Server::start_with(&redis.url(), &[])).await;
 }
 
 #[tokio::test]
