@@ -153,15 +153,27 @@ pub fn topics(
     let tx = conn.transaction()?;
     let mut out = Vec::new();
     {
-        let mut rows = tx.prepare_cached(
-            "SELECT topic, last_ms, last_seq, count FROM topics
-             WHERE topic >= ?1 AND (?2 IS NULL OR topic > ?2) ORDER BY topic LIMIT ?3",
-        )?;
+        // One bound only, so the primary key's range starts right there:
+        // just past `after`, or at `prefix`, whichever comes later. (An
+        // `OR` in the bound made SQLite walk from the first name.)
+        let (sql, from) = match after {
+            Some(a) if a >= prefix => (
+                "SELECT topic, last_ms, last_seq, count FROM topics
+                 WHERE topic > ?1 ORDER BY topic LIMIT ?2",
+                a,
+            ),
+            _ => (
+                "SELECT topic, last_ms, last_seq, count FROM topics
+                 WHERE topic >= ?1 ORDER BY topic LIMIT ?2",
+                prefix,
+            ),
+        };
+        let mut rows = tx.prepare_cached(sql)?;
         let mut first = tx.prepare_cached(
             "SELECT ms, seq FROM events WHERE topic = ?1 ORDER BY ms, seq LIMIT 1",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut rows = rows.query(params![prefix, after, limit])?;
+        let mut rows = rows.query(params![from, limit])?;
         while let Some(row) = rows.next()? {
             let name: String = row.get(0)?;
             if !name.starts_with(prefix) {
