@@ -32,7 +32,7 @@ use crate::harness::{PATIENCE, Server, client, read_all, wait_for_metric, within
 // A redis-server of the test's own, and herald nodes on it.
 
 /// A `redis-server` on a free port, killed when dropped.
-struct Redis {
+pub(crate) struct Redis {
     child: Child,
     port: u16,
 }
@@ -40,7 +40,7 @@ struct Redis {
 impl Redis {
     /// Starts one, or says loudly why it cannot (and fails under
     /// `HERALD_STRICT_TESTS`).
-    fn start() -> Option<Redis> {
+    pub(crate) fn start() -> Option<Redis> {
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
@@ -114,7 +114,7 @@ impl Redis {
         assert!(status.success(), "kill -{sig}");
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 

@@ -18,6 +18,7 @@ mod client;
 mod cluster;
 mod direct;
 mod durability;
+mod inspect;
 mod limits;
 mod live;
 mod node;

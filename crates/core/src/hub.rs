@@ -55,6 +55,7 @@ struct Inner {
     store: Arc<dyn Store>,
     heartbeat: Heartbeat,
     config: HubConfig,
+    presence: Arc<crate::presence::Presence>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -74,12 +75,18 @@ impl Hub {
                 store: Arc::new(Metered::new(store)),
                 heartbeat,
                 config,
+                presence: Arc::default(),
             }),
         }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// Open subscriptions of `topic` on this node.
+    pub fn subscribers(&self, topic: &Topic) -> usize {
+        self.inner.presence.count(topic)
     }
 
     pub fn heartbeat(&self) -> &Heartbeat {
@@ -103,6 +110,7 @@ impl Hub {
         topics: Vec<Topic>,
         cursor: &CursorInput,
     ) -> Result<Subscription, StoreError> {
+        let present = self.inner.presence.enter(&topics);
         let mut sub = Subscription::new(
             Arc::clone(&self.inner.store),
             topics,
@@ -111,6 +119,7 @@ impl Hub {
             self.inner.config.max_stream_age,
             self.inner.config.page_size,
         );
+        sub.count_in(present);
         sub.pin_heads().await?;
         Ok(sub)
     }

@@ -12,6 +12,7 @@ pub mod heartbeat;
 pub mod hub;
 pub mod long_poll;
 pub mod name;
+pub mod presence;
 pub mod store;
 pub mod subscription;
 pub mod task;

@@ -105,6 +105,8 @@ pub struct Subscription {
     /// Which topic to poll first when waiting, so a busy topic cannot starve
     /// the others.
     turn: usize,
+    /// Counts this subscription in its topics' subscribers while it lives.
+    _present: Option<crate::presence::Present>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -152,7 +154,13 @@ impl Subscription {
             token_expiry: false,
             page_size: page_size.max(1),
             turn: 0,
+            _present: None,
         }
+    }
+
+    /// Counts this subscription in `present` for as long as it lives.
+    pub(crate) fn count_in(&mut self, present: crate::presence::Present) {
+        self._present = Some(present);
     }
 
     /// Ends the subscription at `at` (the expiry of the token that opened

@@ -16,6 +16,7 @@ pub mod direct;
 pub mod error;
 mod framing;
 pub mod http1;
+mod inspect;
 pub mod limits;
 mod listener;
 pub mod negotiate;
@@ -56,6 +57,7 @@ pub fn app(state: AppState) -> Router {
             "/subscribe",
             get(subscribe::handle).connect(subscribe::handle),
         )
+        .route("/topics", get(inspect::topics))
         .route("/publish", post(publish::batch))
         .route(
             "/api/notifications",
@@ -63,7 +65,11 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/sse", get(counter::counter))
         .route("/api/queue", get(api_queue::poll).post(api_queue::enqueue))
-        .route("/queues/{queue}/tasks", post(tasks::enqueue))
+        .route("/queues", get(inspect::queues))
+        .route(
+            "/queues/{queue}/tasks",
+            get(inspect::tasks).post(tasks::enqueue),
+        )
         .route("/queues/{queue}/claim", post(tasks::claim))
         .route("/tasks/{id}", get(tasks::get).delete(tasks::cancel))
         .route(

@@ -42,6 +42,57 @@ where
     gaps_are_exact(&*make().await).await;
     idempotency_is_per_topic(&*make().await).await;
     watchers_see_appends_in_order(&*make().await).await;
+    topics_are_listed_by_name_in_pages(&*make().await).await;
+}
+
+async fn topics_are_listed_by_name_in_pages(store: &dyn Store) {
+    assert!(
+        store
+            .topics("", None, 10)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty()
+    );
+    let names = ["b.2", "a", "b.1", "c", "b.10", "ba"];
+    for n in names {
+        append(store, vec![new(n, "x", None)]).await;
+    }
+    // Seven events in "a": five retained (max_events = 5).
+    let ids = append(
+        store,
+        (0..6).map(|i| new("a", &i.to_string(), None)).collect(),
+    )
+    .await;
+    let all = store
+        .topics("", None, 100)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let listed: Vec<&str> = all.iter().map(|t| t.topic.as_str()).collect();
+    assert_eq!(listed, ["a", "b.1", "b.10", "b.2", "ba", "c"]);
+    let a = &all[0];
+    assert_eq!((a.events, a.last), (5, ids[5]));
+    assert_eq!(a.first, Some(ids[1]), "the oldest retained event");
+    assert_eq!(all[1].events, 1);
+    assert_eq!(all[1].first, Some(all[1].last));
+
+    let page = |prefix: &'static str, after: Option<&'static str>, limit| async move {
+        let out = store
+            .topics(prefix, after, limit)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        out.into_iter()
+            .map(|t| t.topic.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(page("", None, 2).await, ["a", "b.1"]);
+    assert_eq!(page("", Some("b.1"), 2).await, ["b.10", "b.2"]);
+    assert_eq!(page("", Some("b.2"), 10).await, ["ba", "c"]);
+    assert_eq!(page("", Some("c"), 10).await, Vec::<String>::new());
+    assert_eq!(page("b.", None, 10).await, ["b.1", "b.10", "b.2"]);
+    assert_eq!(page("b.", Some("b.10"), 10).await, ["b.2"]);
+    assert_eq!(page("b.", Some("a"), 1).await, ["b.1"]);
+    assert_eq!(page("b", Some("b.2"), 10).await, ["ba"]);
+    assert_eq!(page("z", None, 10).await, Vec::<String>::new());
 }
 
 async fn ids_increase_and_reads_resume(store: &dyn Store) {

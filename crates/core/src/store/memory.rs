@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Appended, NewEvent, Page, ReadFrom, Retention, Store};
+use super::{Appended, NewEvent, Page, ReadFrom, Retention, Store, TopicInfo};
 use crate::error::StoreError;
 use crate::event::{Event, EventId, now_ms};
 use crate::fanout::{Fanout, Watch};
@@ -216,6 +216,38 @@ impl Store for MemoryStore {
 
     fn watch(&self, topic: &Topic) -> Watch {
         self.fanout.watch(topic)
+    }
+
+    async fn topics(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TopicInfo>, StoreError> {
+        // The map is not ordered: one pass picks the `limit` smallest
+        // matching names without sorting every topic.
+        let state = self.lock();
+        let mut names: Vec<&Topic> = state
+            .keys()
+            .filter(|t| t.as_str().starts_with(prefix) && after.is_none_or(|a| t.as_str() > a))
+            .collect();
+        if names.len() > limit {
+            names.select_nth_unstable(limit);
+            names.truncate(limit);
+        }
+        names.sort_unstable();
+        Ok(names
+            .into_iter()
+            .map(|t| {
+                let log = &state[t];
+                TopicInfo {
+                    topic: t.clone(),
+                    events: u64::try_from(log.events.len()).unwrap_or(u64::MAX),
+                    first: log.events.front().map(|r| r.event.id),
+                    last: log.last,
+                }
+            })
+            .collect())
     }
 
     async fn health(&self) -> Result<(), StoreError> {

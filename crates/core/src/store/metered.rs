@@ -6,7 +6,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use metrics::Histogram;
 
-use super::{Appended, NewEvent, Page, ReadFrom, Store};
+use super::{Appended, NewEvent, Page, ReadFrom, Store, TopicInfo};
 use crate::error::StoreError;
 use crate::event::EventId;
 use crate::fanout::Watch;
@@ -63,6 +63,15 @@ impl Store for Metered {
 
     fn watch(&self, topic: &Topic) -> Watch {
         self.inner.watch(topic)
+    }
+
+    async fn topics(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TopicInfo>, StoreError> {
+        self.inner.topics(prefix, after, limit).await
     }
 
     async fn health(&self) -> Result<(), StoreError> {

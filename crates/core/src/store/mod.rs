@@ -83,6 +83,18 @@ impl Default for Retention {
     }
 }
 
+/// What [`Store::topics`] tells of one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub topic: Topic,
+    /// Events retained.
+    pub events: u64,
+    /// The oldest retained event's id; `None` when none is retained.
+    pub first: Option<EventId>,
+    /// The newest id ever given out (it may have been dropped since).
+    pub last: EventId,
+}
+
 /// A place where events are kept: memory, an embedded database, Redis.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -102,6 +114,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Receives the events of `topic` stored from now on, from any writer.
     fn watch(&self, topic: &Topic) -> Watch;
+
+    /// Up to `limit` topics whose names start with `prefix` and sort after
+    /// `after`, in name (byte) order. Reads each topic's bookkeeping, never
+    /// its events one by one.
+    async fn topics(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TopicInfo>, StoreError>;
 
     /// Whether the store answers.
     async fn health(&self) -> Result<(), StoreError>;

@@ -36,7 +36,7 @@ use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt, Shared, WeakShared};
 use metrics::Counter;
 
-use super::{Appended, NewEvent, Page, ReadFrom, Store};
+use super::{Appended, NewEvent, Page, ReadFrom, Store, TopicInfo};
 use crate::error::StoreError;
 use crate::event::EventId;
 use crate::fanout::{Fanout, Watch};
@@ -248,6 +248,15 @@ impl Store for SharedReads {
         self.inner.watch(topic)
     }
 
+    async fn topics(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TopicInfo>, StoreError> {
+        self.inner.topics(prefix, after, limit).await
+    }
+
     async fn health(&self) -> Result<(), StoreError> {
         self.inner.health().await
     }
@@ -344,6 +353,15 @@ mod tests {
 
         fn watch(&self, topic: &Topic) -> Watch {
             self.fanout.watch(topic)
+        }
+
+        async fn topics(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: usize,
+        ) -> Result<Vec<super::TopicInfo>, StoreError> {
+            Ok(Vec::new())
         }
 
         async fn health(&self) -> Result<(), StoreError> {

@@ -54,6 +54,68 @@ where
     lifecycle_emits_events(&*make().await).await;
     leases_expire_and_retries_run_out(&*make().await).await;
     cancellation(&*make().await).await;
+    queues_are_listed_oldest_first(&*make().await).await;
+}
+
+async fn queues_are_listed_oldest_first(store: &dyn Both) {
+    assert_eq!(store.oldest_queued("l").await.ok(), Some(None));
+    let mut ids = Vec::new();
+    let mut created = Vec::new();
+    for i in 0..5 {
+        let (t, _) = store
+            .enqueue(new("l", &i.to_string(), None))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        ids.push(t.id);
+        created.push(t.created_ms);
+    }
+    store
+        .enqueue(new("elsewhere", "x", None))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The first two are claimed: one is finished, one runs.
+    let l = Topic::new("l").unwrap_or_else(|e| panic!("{e}"));
+    let first = store
+        .claim(&l, 30.0)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("claim"));
+    let complete = Op::Complete {
+        token: token(&first),
+        result: Payload::Text("ok".into()),
+    };
+    update(store, first.id, complete)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let second = store.claim(&l, 30.0).await;
+    second.ok().flatten().unwrap_or_else(|| panic!("claim"));
+    assert_eq!(store.oldest_queued("l").await.ok(), Some(Some(created[2])));
+
+    let list = |status: Option<Status>, after: Option<u64>, limit: usize| async move {
+        let tasks = store.list("l", status, after, limit).await;
+        let tasks = tasks.unwrap_or_else(|e| panic!("{e}"));
+        tasks
+            .into_iter()
+            .map(|t| (t.id, t.status, t.seq))
+            .collect::<Vec<_>>()
+    };
+    let all = list(None, None, 100).await;
+    let listed: Vec<TaskId> = all.iter().map(|t| t.0).collect();
+    assert_eq!(listed, ids, "every task of the queue, oldest first");
+    assert_eq!(all[0].1, Status::Succeeded);
+    assert_eq!(all[1].1, Status::Running);
+    let page = list(None, None, 2).await;
+    assert_eq!(page.len(), 2);
+    let rest = list(None, Some(page[1].2), 2).await;
+    assert_eq!(rest.iter().map(|t| t.0).collect::<Vec<_>>(), ids[2..4]);
+    let queued = list(Some(Status::Queued), None, 2).await;
+    assert_eq!(queued.iter().map(|t| t.0).collect::<Vec<_>>(), ids[2..4]);
+    let more = list(Some(Status::Queued), Some(queued[1].2), 2).await;
+    assert_eq!(more.iter().map(|t| t.0).collect::<Vec<_>>(), ids[4..]);
+    let done = list(Some(Status::Succeeded), None, 10).await;
+    assert_eq!(done.iter().map(|t| t.0).collect::<Vec<_>>(), ids[..1]);
+    assert!(list(Some(Status::Failed), None, 10).await.is_empty());
 }
 
 async fn fifo_positions_and_idempotency(store: &dyn Both) {

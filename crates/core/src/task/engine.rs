@@ -121,6 +121,11 @@ impl Tasks {
         &self.inner.hub
     }
 
+    /// The store, for reads that pass no state machine (the listings).
+    pub fn store(&self) -> &Arc<dyn TaskStore> {
+        &self.inner.store
+    }
+
     fn signals(&self, queue: &str) -> Arc<QueueSignals> {
         let mut queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(queues.entry(queue.to_owned()).or_insert_with(|| {

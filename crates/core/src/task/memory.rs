@@ -179,6 +179,43 @@ impl TaskStore for MemoryStore {
         Ok(tasks.leases.first().map(|(at, _)| *at))
     }
 
+    async fn oldest_queued(&self, queue: &str) -> Result<Option<u64>, TaskError> {
+        let tasks = self.tasks_lock();
+        Ok(tasks
+            .queued
+            .get(queue)
+            .and_then(|q| q.values().next())
+            .and_then(|id| tasks.tasks.get(id))
+            .map(|t| t.created_ms))
+    }
+
+    async fn list(
+        &self,
+        queue: &str,
+        status: Option<Status>,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Task>, TaskError> {
+        // Memory keeps no per-queue index of every task: one pass over the
+        // tasks picks the `limit` oldest matching ones without sorting all.
+        let tasks = self.tasks_lock();
+        let mut found: Vec<&Task> = tasks
+            .tasks
+            .values()
+            .filter(|t| {
+                t.queue == queue
+                    && status.is_none_or(|s| t.status == s)
+                    && after_seq.is_none_or(|a| t.seq > a)
+            })
+            .collect();
+        if found.len() > limit {
+            found.select_nth_unstable_by_key(limit, |t| t.seq);
+            found.truncate(limit);
+        }
+        found.sort_unstable_by_key(|t| t.seq);
+        Ok(found.into_iter().cloned().collect())
+    }
+
     async fn counts(&self) -> Result<Vec<(String, Status, u64)>, TaskError> {
         let tasks = self.tasks_lock();
         let mut counts: HashMap<(String, Status), u64> = HashMap::new();

@@ -134,6 +134,21 @@ pub trait TaskStore: Send + Sync + 'static {
     /// How many tasks each queue holds in each status.
     async fn counts(&self) -> Result<Vec<(String, Status, u64)>, TaskError>;
 
+    /// When the oldest task still queued in `queue` was enqueued (ms since
+    /// 1970), if any is queued.
+    async fn oldest_queued(&self, queue: &str) -> Result<Option<u64>, TaskError>;
+
+    /// Up to `limit` tasks of `queue` in enqueue order (oldest first), only
+    /// those in `status` if one is given, starting after the task numbered
+    /// `after_seq` ([`Task::seq`]). Reads an index, not every task.
+    async fn list(
+        &self,
+        queue: &str,
+        status: Option<Status>,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Task>, TaskError>;
+
     /// For stores shared by several nodes: queue signals from every node
     /// (this one included), which then replace the engine's local ones.
     fn signals(&self) -> Option<broadcast::Receiver<QueueSignal>> {

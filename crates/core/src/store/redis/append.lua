@@ -38,7 +38,9 @@ local function append(topic, kind, data, key, max, key_ttl, now)
   end
   redis.call('XADD', stream, id, 'k', kind, 'd', data)
   redis.call('HSET', meta, 'last', id)
-  redis.call('SADD', 'herald:topics', topic)
+  if redis.call('SADD', 'herald:topics', topic) == 1 then
+    redis.call('ZADD', 'herald:topic-names', 0, topic)
+  end
   if key ~= '' then
     redis.call('SET', idem, id, 'EX', key_ttl)
   end

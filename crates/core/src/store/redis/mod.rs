@@ -21,7 +21,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use tokio::sync::broadcast;
 
-use super::{Appended, NewEvent, Page, ReadFrom, Retention, Store};
+use super::{Appended, NewEvent, Page, ReadFrom, Retention, Store, TopicInfo};
 use crate::error::StoreError;
 use crate::event::{Event, EventId};
 use crate::fanout::{Fanout, Watch};
@@ -45,6 +45,8 @@ struct Scripts {
     read: Script,
     sweep: Script,
     task: Script,
+    topics: Script,
+    list: Script,
 }
 
 /// The Redis-backed store.
@@ -117,11 +119,14 @@ impl RedisStore {
                 read: script(include_str!("read.lua")),
                 sweep: script(include_str!("sweep.lua")),
                 task: script(include_str!("task.lua")),
+                topics: Script::new(include_str!("topics.lua")),
+                list: Script::new(include_str!("list.lua")),
             },
             signals: broadcast::channel(1024).0,
             seen: std::sync::Mutex::default(),
             url: url.to_owned(),
         });
+        store.index_topic_names().await?;
         tokio::spawn(live::run(Arc::downgrade(&store), feed));
         if let Some(age) = retention.max_age {
             tokio::spawn(sweep(Arc::downgrade(&store), age));
@@ -155,6 +160,40 @@ impl RedisStore {
         last.first()
             .map(|(id, fields)| entry_event(topic, id, fields))
             .transpose()
+    }
+
+    /// Copies the names in `herald:topics` (a set, unordered) into
+    /// `herald:topic-names` (a sorted set, paged by name), for data written
+    /// before the sorted set existed. The append script adds new names to
+    /// both; this is idempotent, and one pass at start-up suffices.
+    async fn index_topic_names(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, names): (u64, Vec<String>) = redis::cmd("SSCAN")
+                .arg("herald:topics")
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| unavailable("indexing topic names", e))?;
+            if !names.is_empty() {
+                let mut zadd = redis::cmd("ZADD");
+                zadd.arg("herald:topic-names");
+                for name in &names {
+                    zadd.arg(0).arg(name);
+                }
+                let _: i64 = zadd
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| unavailable("indexing topic names", e))?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 
     /// Signals about queues from every node (claims to wake, positions).
@@ -295,6 +334,49 @@ impl Store for RedisStore {
 
     fn watch(&self, topic: &Topic) -> Watch {
         self.fanout.watch(topic)
+    }
+
+    async fn topics(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TopicInfo>, StoreError> {
+        // Names sort by bytes in both the sorted set and Rust, so the page
+        // starts just past `after` or at `prefix`, whichever comes later.
+        let min = match after {
+            Some(a) if a >= prefix => format!("({a}"),
+            _ if prefix.is_empty() => "-".to_owned(),
+            _ => format!("[{prefix}"),
+        };
+        let mut conn = self.conn();
+        let rows: Vec<(String, u64, String, String)> = self
+            .scripts
+            .topics
+            .arg(min)
+            .arg(prefix)
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("listing topics", e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (name, events, first, last) in rows {
+            let Ok(topic) = Topic::new(&name) else {
+                continue;
+            };
+            let first = if first.is_empty() {
+                None
+            } else {
+                Some(parse_id(&first)?)
+            };
+            out.push(TopicInfo {
+                topic,
+                events,
+                first,
+                last: parse_id(&last)?,
+            });
+        }
+        Ok(out)
     }
 
     async fn health(&self) -> Result<(), StoreError> {

@@ -36,6 +36,18 @@ if new_status == 'queued' then
 else
   redis.call('ZREM', qkey, id)
 end
+-- The listings' indexes: every task of the queue, and those of each status,
+-- by seq (see list.lua).
+local lkey = 'herald:queue-tasks:' .. queue
+if old_status == '' then
+  redis.call('ZADD', lkey, seq, id)
+end
+if old_status ~= new_status then
+  if old_status ~= '' then
+    redis.call('ZREM', lkey .. '|' .. old_status, id)
+  end
+  redis.call('ZADD', lkey .. '|' .. new_status, seq, id)
+end
 if new_status == 'running' and lease ~= '' then
   redis.call('ZADD', 'herald:leases', lease, id)
 else

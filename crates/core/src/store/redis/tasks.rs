@@ -293,6 +293,43 @@ impl TaskStore for RedisStore {
         Ok(first.first().map(|(_, at)| *at as u64))
     }
 
+    async fn oldest_queued(&self, queue: &str) -> Result<Option<u64>, TaskError> {
+        let mut conn = self.conn();
+        let head: Vec<String> = conn
+            .zrange(format!("herald:queue:{queue}"), 0, 0)
+            .await
+            .map_err(|e| unavailable("reading a queue", e))?;
+        let Some(id) = head.first().and_then(|i| i.parse::<TaskId>().ok()) else {
+            return Ok(None);
+        };
+        Ok(self.load(id).await?.map(|(_, t)| t.created_ms))
+    }
+
+    async fn list(
+        &self,
+        queue: &str,
+        status: Option<Status>,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Task>, TaskError> {
+        let index = match status {
+            Some(s) => format!("herald:queue-tasks:{queue}|{}", s.as_str()),
+            None => format!("herald:queue-tasks:{queue}"),
+        };
+        let after = after_seq.map_or(-1, |a| i64::try_from(a).unwrap_or(i64::MAX));
+        let mut conn = self.conn();
+        let rows: Vec<String> = self
+            .scripts
+            .list
+            .arg(index)
+            .arg(after)
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("listing tasks", e))?;
+        Ok(rows.iter().map(|j| decode(j)).collect::<Result<_, _>>()?)
+    }
+
     async fn counts(&self) -> Result<Vec<(String, Status, u64)>, TaskError> {
         let mut conn = self.conn();
         let all: Vec<(String, i64)> = conn

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
-use super::{Appended, NewEvent, Page, ReadFrom, Retention, Store};
+use super::{Appended, NewEvent, Page, ReadFrom, Retention, Store, TopicInfo};
 use crate::error::StoreError;
 use crate::event::EventId;
 use crate::fanout::{Fanout, Watch};
@@ -164,6 +164,20 @@ impl Store for SqliteStore {
 
     fn watch(&self, topic: &Topic) -> Watch {
         self.fanout.watch(topic)
+    }
+
+    async fn topics(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TopicInfo>, StoreError> {
+        let (prefix, after) = (prefix.to_owned(), after.map(str::to_owned));
+        self.readers
+            .with(move |conn| {
+                read::topics(conn, &prefix, after.as_deref(), limit).map_err(sql("listing topics"))
+            })
+            .await
     }
 
     async fn health(&self) -> Result<(), StoreError> {

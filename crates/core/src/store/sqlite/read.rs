@@ -11,7 +11,7 @@ use super::schema;
 use crate::error::StoreError;
 use crate::event::{Event, EventId};
 use crate::name::{EventType, Topic};
-use crate::store::{Page, ReadFrom};
+use crate::store::{Page, ReadFrom, TopicInfo};
 
 /// A fixed number of reader connections, reused so reads do not pay for
 /// opening files. Reads beyond that many wait their turn without a thread:
@@ -138,6 +138,68 @@ pub fn topic_meta(conn: &Connection, topic: &str) -> Result<Option<TopicMeta>, r
         })
     })
     .optional()
+}
+
+/// A page of topics by name, from the `topics` table's primary key: the
+/// rows from the first name past both `after` and `prefix`, up to the first
+/// that does not start with `prefix`; and, for each, its oldest retained id
+/// (one index lookup).
+pub fn topics(
+    conn: &mut Connection,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<TopicInfo>, rusqlite::Error> {
+    let tx = conn.transaction()?;
+    let mut out = Vec::new();
+    {
+        // One bound only, so the primary key's range starts right there:
+        // just past `after`, or at `prefix`, whichever comes later. (An
+        // `OR` in the bound made SQLite walk from the first name.)
+        let (sql, from) = match after {
+            Some(a) if a >= prefix => (
+                "SELECT topic, last_ms, last_seq, count FROM topics
+                 WHERE topic > ?1 ORDER BY topic LIMIT ?2",
+                a,
+            ),
+            _ => (
+                "SELECT topic, last_ms, last_seq, count FROM topics
+                 WHERE topic >= ?1 ORDER BY topic LIMIT ?2",
+                prefix,
+            ),
+        };
+        let mut rows = tx.prepare_cached(sql)?;
+        let mut first = tx.prepare_cached(
+            "SELECT ms, seq FROM events WHERE topic = ?1 ORDER BY ms, seq LIMIT 1",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = rows.query(params![from, limit])?;
+        while let Some(row) = rows.next()? {
+            let name: String = row.get(0)?;
+            if !name.starts_with(prefix) {
+                break;
+            }
+            let Ok(topic) = Topic::new(&name) else {
+                continue;
+            };
+            let events = u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0);
+            let first = if events == 0 {
+                None
+            } else {
+                first
+                    .query_row([&name], |r| Ok(id(r.get(0)?, r.get(1)?)))
+                    .optional()?
+            };
+            out.push(TopicInfo {
+                topic,
+                events,
+                first,
+                last: id(row.get(1)?, row.get(2)?),
+            });
+        }
+    }
+    tx.commit()?;
+    Ok(out)
 }
 
 /// Builds an event from a `(ms, seq, kind, data)` row.

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (queue, status, seq);
 CREATE INDEX IF NOT EXISTS tasks_seq ON tasks (seq);
+CREATE INDEX IF NOT EXISTS tasks_queue_seq ON tasks (queue, seq);
 CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_expires) WHERE status = 'running';
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_ms) WHERE finished_ms IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_idem ON tasks (queue, idem_key) WHERE idem_key IS NOT NULL;
@@ -241,6 +242,67 @@ impl TaskStore for SqliteStore {
                 Ok(at.map(|v| u64::try_from(v).unwrap_or(0)))
             })
             .await?)
+    }
+
+    async fn oldest_queued(&self, queue: &str) -> Result<Option<u64>, TaskError> {
+        let queue = queue.to_owned();
+        let json: Option<String> = self
+            .readers
+            .quick(move |conn| {
+                conn.prepare_cached(
+                    "SELECT data FROM tasks WHERE queue = ?1 AND status = 'queued'
+                     ORDER BY seq LIMIT 1",
+                )
+                .and_then(|mut s| s.query_row([queue], |r| r.get(0)).optional())
+                .map_err(|e| error("reading a queue", e))
+            })
+            .await?;
+        Ok(json
+            .as_deref()
+            .map(decode)
+            .transpose()?
+            .map(|t| t.created_ms))
+    }
+
+    async fn list(
+        &self,
+        queue: &str,
+        status: Option<Status>,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Task>, TaskError> {
+        let queue = queue.to_owned();
+        let after = after_seq.map_or(-1, sql_int);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<String> = self
+            .readers
+            .with(move |conn| {
+                // Each shape on its own index: (queue, status, seq) or
+                // (queue, seq).
+                let rows = match status {
+                    Some(st) => conn
+                        .prepare_cached(
+                            "SELECT data FROM tasks WHERE queue = ?1 AND status = ?2 AND seq > ?3
+                             ORDER BY seq LIMIT ?4",
+                        )
+                        .and_then(|mut s| {
+                            s.query_map(params![queue, st.as_str(), after, limit], |r| r.get(0))?
+                                .collect()
+                        }),
+                    None => conn
+                        .prepare_cached(
+                            "SELECT data FROM tasks WHERE queue = ?1 AND seq > ?2
+                             ORDER BY seq LIMIT ?3",
+                        )
+                        .and_then(|mut s| {
+                            s.query_map(params![queue, after, limit], |r| r.get(0))?
+                                .collect()
+                        }),
+                };
+                rows.map_err(|e| error("listing tasks", e))
+            })
+            .await?;
+        Ok(rows.iter().map(|j| decode(j)).collect::<Result<_, _>>()?)
     }
 
     async fn counts(&self) -> Result<Vec<(String, Status, u64)>, TaskError> {
