@@ -1698,4 +1698,24 @@ async fn metrics_count_tasks_by_queue_and_status() {
     progress(&server, &running.id(), Some(&running.token), None, None).await;
     wait_for_metric(&server, &series("m", "cancelled"), 1.0).await;
     assert_eq!(metric(&server, &series("m", "running")).await, 0.0);
+
+    // Every family the tasks add says what it is.
+    let text = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in [
+        "herald_tasks",
+        "herald_task_run_seconds",
+        "herald_task_claim_wait_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "no HELP for {family}"
+        );
+    }
 }

@@ -78,6 +78,19 @@ pub fn describe_metrics() {
         "herald_store_reads_shared_total",
         "Store reads answered by another caller's identical read already in flight (the store read once for both)."
     );
+    metrics::describe_counter!(
+        "herald_refused_total",
+        "Requests refused by a limit or a rule, by reason (connections, subscriptions, publish_rate, topics_per_subscription, unauthorized, forbidden)."
+    );
+    metrics::describe_gauge!("herald_tasks", "Tasks by queue and status.");
+    metrics::describe_histogram!(
+        "herald_task_run_seconds",
+        "Time from a task's start to its end, by queue."
+    );
+    metrics::describe_histogram!(
+        "herald_task_claim_wait_seconds",
+        "Time a claim waited for a task, by queue."
+    );
 }
 
 /// `GET /`: a page that follows a topic live and publishes to it.
