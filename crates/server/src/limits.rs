@@ -179,14 +179,18 @@ impl Bucket {
         self.tokens >= 2.0 * rate
     }
 
-    /// Takes `n` tokens, or says how long until there are enough.
+    /// Takes `n` tokens, or says how long until there are enough. A
+    /// batch larger than the whole bucket passes when the bucket is full,
+    /// and leaves it in debt: otherwise it could never pass, however long
+    /// its client waited, and the rate still holds on average.
     fn take(&mut self, rate: f64, n: f64, now: Instant) -> Result<(), Duration> {
         self.refill(rate, now);
-        if self.tokens >= n {
+        let depth = 2.0 * rate;
+        if self.tokens >= n || self.tokens >= depth {
             self.tokens -= n;
             return Ok(());
         }
-        let short = n - self.tokens;
+        let short = n.min(depth) - self.tokens;
         Err(Duration::from_secs_f64((short / rate).ceil().max(1.0)))
     }
 }
@@ -236,6 +240,11 @@ mod tests {
         assert!(b.take(10.0, 20.0, now).is_ok());
         assert_eq!(b.take(10.0, 5.0, now), Err(Duration::from_secs(1)));
         assert!(b.take(10.0, 5.0, now + Duration::from_millis(500)).is_ok());
-        assert_eq!(b.take(10.0, 100.0, now), Err(Duration::from_secs(10)));
+        // Larger than the whole bucket: refused until it is full (2 s),
+        // then let through, leaving the bucket in debt.
+        assert_eq!(b.take(10.0, 100.0, now), Err(Duration::from_secs(2)));
+        let full = now + Duration::from_secs(3);
+        assert!(b.take(10.0, 100.0, full).is_ok());
+        assert_eq!(b.take(10.0, 1.0, full), Err(Duration::from_secs(9)));
     }
 }
