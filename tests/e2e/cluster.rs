@@ -798,14 +798,7 @@ fn id_of(task: &Value) -> String {
 /// node does not show it.
 async fn task_gauge(node: &Server, queue: &str, status: &str) -> f64 {
     let series = format!("herald_tasks{{queue=\"{queue}\",status=\"{status}\"}}");
-    let text = client()
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = crate::harness::metrics_text(node).await;
     text.lines()
         .find_map(|l| l.strip_prefix(&series)?.strip_prefix(' '))
         .map_or(0.0, |v| v.trim().parse().unwrap())

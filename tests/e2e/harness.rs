@@ -288,9 +288,14 @@ pub async fn publish(server: &Server, topic: &str, data: &str) -> String {
 /// commit, one hand-over to the fan-out) and returns what each should read.
 pub async fn publish_numbered_batch(server: &Server, topic: &str, n: usize) -> Vec<String> {
     let data: Vec<String> = (0..n).map(|i| i.to_string()).collect();
-    let batch: String = data
-        .iter()
-        .map(|d| format!("{{\"topic\":\"{topic}\",\"data\":\"{d}\"}}\n"))
+    publish_batch(server, data.iter().map(|d| (topic, d.as_str()))).await;
+    data
+}
+
+/// Publishes each `(topic, data)` as one NDJSON batch (one commit).
+pub async fn publish_batch<'a>(server: &Server, events: impl Iterator<Item = (&'a str, &'a str)>) {
+    let batch: String = events
+        .map(|(topic, data)| format!("{{\"topic\":\"{topic}\",\"data\":\"{data}\"}}\n"))
         .collect();
     let r = server
         .client()
@@ -299,21 +304,12 @@ pub async fn publish_numbered_batch(server: &Server, topic: &str, n: usize) -> V
         .send()
         .await
         .expect("publish batch");
-    assert_eq!(r.status(), 201, "publish batch to {topic}");
-    data
+    assert_eq!(r.status(), 201, "publish batch");
 }
 
 /// The value of one metric line (`name{labels} value`) from `/metrics`.
 pub async fn metric(server: &Server, series: &str) -> f64 {
-    let text = server
-        .client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let text = metrics_text(server).await;
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)
@@ -321,6 +317,19 @@ pub async fn metric(server: &Server, series: &str) -> f64 {
         })
         .map(|v| v.trim().parse().expect("metric value"))
         .unwrap_or_else(|| panic!("no metric {series} in:\n{text}"))
+}
+
+/// The whole of `/metrics`.
+pub async fn metrics_text(server: &Server) -> String {
+    server
+        .client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body")
 }
 
 /// Polls `/metrics` until `series` equals `want`, for at most [`PATIENCE`].

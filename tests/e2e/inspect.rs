@@ -11,18 +11,7 @@ use crate::harness::{PATIENCE, Server, temp_dir, wait_for_metric};
 
 /// Publishes one event to each of `topics` in one NDJSON batch.
 async fn publish_each(server: &Server, topics: &[String]) {
-    let batch: String = topics
-        .iter()
-        .map(|t| format!("{{\"topic\":\"{t}\",\"data\":\"x\"}}\n"))
-        .collect();
-    let r = server
-        .client()
-        .post(server.url("/publish"))
-        .body(batch)
-        .send()
-        .await
-        .expect("publish batch");
-    assert_eq!(r.status(), 201);
+    crate::harness::publish_batch(server, topics.iter().map(|t| (t.as_str(), "x"))).await;
 }
 
 async fn get(server: &Server, path: &str) -> Value {

@@ -1700,14 +1700,7 @@ async fn metrics_count_tasks_by_queue_and_status() {
     assert_eq!(metric(&server, &series("m", "running")).await, 0.0);
 
     // Every family the tasks add says what it is.
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = crate::harness::metrics_text(&server).await;
     for family in [
         "herald_tasks",
         "herald_task_run_seconds",
