@@ -1656,6 +1656,12 @@ async fn api_queue_serves_the_articles_client() {
         let r = sse_request(&server, &path, None).await;
         assert_eq!(r.status(), 400, "{path} SSE");
     }
+    // The unknown id is told apart from a malformed one in the message.
+    let r = get(&server, &format!("/api/queue?id={unknown}")).await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "bad_task_id");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("no task has the id"), "{message}");
     let r = get(&server, &format!("/api/queue?id={id}&ttl=abc")).await;
     expect_error(r, 400, "bad_query").await;
 }

@@ -72,7 +72,7 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     /// Connections being opened at the same time (the rest wait their turn).
-    /// Keep it under the server's listen backlog (herald's is 128), or a
+    /// Keep it under the server's listen backlog (herald's is 4096), or a
     /// burst overflows the accept queue and those clients wait 1 s for a SYN
     /// retransmit. Default 100; `storm`'s is every client at once, since
     /// the burst is what it measures.

@@ -57,7 +57,7 @@ pub async fn poll(
         .get("id")
         .ok_or_else(|| ApiError::bad_query("id", "name the task: ?id=ID"))?;
     let id = crate::tasks::task_id(raw)?;
-    let unknown = || ApiError::BadTaskId(raw.to_owned());
+    let unknown = || ApiError::UnknownTaskId(raw.to_owned());
     // The gate allowed the queue `default`; the task named may be of
     // another queue.
     match crate::tasks::allow_task(&state, &caller, id, crate::tasks::Scope::Enqueue).await {

@@ -29,6 +29,10 @@ pub enum ApiError {
     NotFound,
     #[error("{0:?} is not a task id")]
     BadTaskId(String),
+    /// `/api/queue?id=` answers an id nobody knows with `400` (SPEC), under
+    /// the same code as a malformed one, but says which it was.
+    #[error("no task has the id {0:?}")]
+    UnknownTaskId(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -76,7 +80,8 @@ impl ApiError {
             | ApiError::BadQuery { .. }
             | ApiError::BadRequest(_)
             | ApiError::BadBatch { .. }
-            | ApiError::BadTaskId(_) => StatusCode::BAD_REQUEST,
+            | ApiError::BadTaskId(_)
+            | ApiError::UnknownTaskId(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -105,7 +110,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => "too_large",
             ApiError::BadBatch { .. } => "bad_batch",
             ApiError::NotFound => "not_found",
-            ApiError::BadTaskId(_) => "bad_task_id",
+            ApiError::BadTaskId(_) | ApiError::UnknownTaskId(_) => "bad_task_id",
             ApiError::Conflict(_) => "conflict",
             ApiError::Timeout(_) => "timeout",
             ApiError::HeadTooLarge => "head_too_large",
