@@ -197,10 +197,16 @@ async function refreshTopics(at) {
     panelError("topics-error", e);
     return;
   }
-  const rows = topics.map((t) => topicRow(t, rateOf(t, at)));
+  // Each task has a topic of its own (`tasks.ID`, its progress events):
+  // hidden unless asked for, or they would crowd out the others.
+  const withTasks = $("show-task-topics").checked;
+  const shown = topics.filter((t) => withTasks || !t.topic.startsWith("tasks."));
+  const rows = shown.map((t) => topicRow(t, rateOf(t, at)));
   $("topics").tBodies[0].replaceChildren(...rows);
-  $("topics-empty").hidden = topics.length > 0;
-  $("topics-note").textContent = topics.length === 200 ? "(first 200)" : "";
+  $("topics-empty").hidden = shown.length > 0;
+  const hidden = topics.length - shown.length;
+  $("topics-note").textContent =
+    (topics.length === 200 ? "first 200" : "") + (hidden ? ` ${hidden} task topic${hidden === 1 ? "" : "s"} hidden` : "");
 }
 
 /**
@@ -269,6 +275,7 @@ function linkish(text, label, onClick) {
   b.type = "button";
   b.className = "linkish";
   b.textContent = text;
+  b.title = text;
   b.setAttribute("aria-label", label);
   b.addEventListener("click", onClick);
   return b;
@@ -365,6 +372,8 @@ class Follow {
     let opened = false;
     socket.addEventListener("open", () => {
       opened = true;
+      // How many times this topic's stream opened: a reconnect shows here.
+      this.chip.dataset.opens = String(Number(this.chip.dataset.opens || 0) + 1);
       this.delay = 250;
       this.setState("live");
     });
@@ -745,6 +754,7 @@ document.addEventListener("visibilitychange", () => {
   if (!document.hidden) refreshNow();
 });
 
+$("show-task-topics").addEventListener("change", refreshNow);
 wireTokenForm();
 wireFollowForm();
 wirePublishForm();
