@@ -197,6 +197,10 @@ async fn dashboard_follows_publishes_enqueues_resumes_and_asks_for_a_token() {
         "the page shows every event of each topic once, in order"
     );
     assert_eq!(shown["shown"]["gaps"], 0, "no history was missed");
+    for topic in ["alpha", "beta"] {
+        let opens = shown["shown"]["opens"][topic].as_u64().expect("opens");
+        assert!(opens >= 2, "{topic}'s stream never reconnected: {shown}");
+    }
 
     // Screenshots; no sideways scrolling at phone width.
     let widths = page.step("screenshots").await;

@@ -190,13 +190,25 @@ try {
     for (const li of [...document.querySelectorAll("#tail li.event")].reverse()) {
       (byTopic[li.dataset.topic] ??= []).push(li.dataset.id);
     }
-    return { ids: byTopic, gaps: document.querySelectorAll("#tail li.gap").length };
+    const opens = {};
+    for (const chip of document.querySelectorAll("#follows li")) opens[chip.dataset.topic] = Number(chip.dataset.opens);
+    return { ids: byTopic, gaps: document.querySelectorAll("#tail li.gap").length, opens };
   });
   say({ shown });
   phase = "after restart";
 
   // Screenshots: desktop, then phone width, which must not scroll sideways.
-  await page.locator("#topics tbody tr", { hasText: "beta" }).waitFor(WAIT);
+  // First the overview catches up with the restart: it counts every event.
+  await page.waitForFunction(
+    (want) =>
+      Object.entries(want).every(([topic, ids]) =>
+        [...document.querySelectorAll("#topics tbody tr")].some(
+          (tr) => tr.cells[0].textContent === topic && tr.cells[1].textContent === String(ids.length),
+        ),
+      ),
+    want,
+    WAIT,
+  );
   taken.push(await shoot(page, "desktop.png"), await shoot(page, "desktop-full.png", true));
   await page.setViewportSize(PHONE);
   const widths = await page.evaluate(() => ({
