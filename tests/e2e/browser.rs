@@ -48,7 +48,7 @@ fn chromium() -> Result<PathBuf, String> {
 
 /// Chromium, or `None` after a loud `SKIPPED:` line; with
 /// `HERALD_STRICT_TESTS` set, a missing browser fails the test instead.
-fn chromium_or_skip(test: &str) -> Option<PathBuf> {
+pub(crate) fn chromium_or_skip(test: &str) -> Option<PathBuf> {
     match chromium() {
         Ok(path) => Some(path),
         Err(why) if std::env::var_os("HERALD_STRICT_TESTS").is_some() => {

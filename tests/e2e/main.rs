@@ -16,6 +16,7 @@ mod browser;
 mod cli;
 mod client;
 mod cluster;
+mod dashboard;
 mod direct;
 mod durability;
 mod inspect;

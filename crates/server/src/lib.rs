@@ -12,6 +12,7 @@ pub mod auth;
 mod body;
 pub mod cors;
 mod counter;
+mod dashboard;
 pub mod direct;
 pub mod error;
 mod framing;
@@ -42,7 +43,7 @@ pub use tls::{Tls, TlsError};
 /// The whole HTTP surface of herald.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/", get(ops::dashboard))
+        .route("/", get(dashboard::page))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         // CONNECT: HTTP/2's WebSocket upgrade (RFC 8441), decided with the

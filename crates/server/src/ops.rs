@@ -1,8 +1,8 @@
-//! Operations: liveness, Prometheus metrics and the dashboard page.
+//! Operations: liveness and Prometheus metrics.
 
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
 use crate::negotiate::Transport;
@@ -91,9 +91,4 @@ pub fn describe_metrics() {
         "herald_task_claim_wait_seconds",
         "Time a claim waited for a task, by queue."
     );
-}
-
-/// `GET /`: a page that follows a topic live and publishes to it.
-pub async fn dashboard() -> Html<&'static str> {
-    Html(include_str!("dashboard.html"))
 }
