@@ -270,7 +270,10 @@ mod tests {
         let later = crate::event::now_ms() + 60_000;
         t.available_ms = Some(later);
         let json = t.to_json(Some(1));
-        assert_eq!(json["available_at"], herald_protocol::time::rfc3339_ms(later));
+        assert_eq!(
+            json["available_at"],
+            herald_protocol::time::rfc3339_ms(later)
+        );
         t.available_ms = Some(1500);
         assert!(t.to_json(Some(1)).get("available_at").is_none(), "past");
         t.available_ms = Some(later);
