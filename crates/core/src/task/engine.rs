@@ -362,6 +362,10 @@ async fn reap(tasks: Tasks) {
     }
 }
 
+/// How far apart the clocks of nodes sharing a store may be for a task
+/// delayed on one to still wake claims on another at once.
+const CLOCK_SKEW_MS: u64 = 1000;
+
 /// Wakes one waiting claim for each task whose backoff has passed: sleeps
 /// until the earliest moment a waiting task becomes claimable, or until a
 /// task queued again may make that sooner.
@@ -385,7 +389,16 @@ async fn wake_when_available(tasks: Tasks) {
         let at = next.as_ref().map(|(at, _)| *at);
         tokio::select! {
             () = sleep_until_ms(at) => {}
-            () = &mut woken => continue,
+            () = &mut woken => {
+                if inner.remote {
+                    // Another node set the time by its own clock, which may
+                    // be a little behind ours: look back a little, so its
+                    // task is not taken for one already announced. (At worst
+                    // a claim is woken once more and finds nothing.)
+                    since = since.min(now_ms().saturating_sub(CLOCK_SKEW_MS));
+                }
+                continue;
+            }
             () = inner.shutdown.cancelled() => return,
         }
         let Some((at, queues)) = next else { continue };
