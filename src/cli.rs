@@ -213,6 +213,11 @@ pub struct SubmitArgs {
     /// Give up waiting after this long (e.g. 30s, 5m).
     #[arg(long)]
     pub timeout: Option<String>,
+    /// The wait before a failed attempt is retried, doubling after each (up
+    /// to 5m): `none`, or a base such as 200ms or 2s. The server's default
+    /// is 1s.
+    #[arg(long)]
+    pub backoff: Option<String>,
 }
 
 /// `herald task work`.

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use herald_client::{Client, Update, Wait, WaitOutcome};
+use herald_client::{Backoff, Client, Update, Wait, WaitOutcome};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{Output, arg_or_stdin, describe, payload_of, task_json};
@@ -15,8 +15,17 @@ const TIMED_OUT: u8 = 124;
 
 pub async fn submit(client: &Client, out: Output, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let text = arg_or_stdin(args.payload).await?;
+    let backoff = match args.backoff.as_deref().map(str::trim) {
+        None => Backoff::Default,
+        Some("none") => Backoff::None,
+        Some(base) => Backoff::From(crate::cli::duration("backoff", base)?),
+    };
     let task = client
-        .enqueue(&args.queue, payload_of(text.trim_end_matches('\n')))
+        .enqueue_with(
+            &args.queue,
+            payload_of(text.trim_end_matches('\n')),
+            backoff,
+        )
         .await?;
     if !args.wait {
         if out.json {

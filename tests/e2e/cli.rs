@@ -547,6 +547,8 @@ exit 1
             "--wait",
             "--via",
             "long-poll",
+            "--backoff",
+            "none",
         ],
     )
     .await
@@ -571,7 +573,16 @@ exit 1
     let task = run(
         &server,
         &[
-            "task", "submit", "flaky", "y", "--wait", "--via", "sse", "--json",
+            "task",
+            "submit",
+            "flaky",
+            "y",
+            "--wait",
+            "--via",
+            "sse",
+            "--json",
+            "--backoff",
+            "1ms",
         ],
     )
     .await

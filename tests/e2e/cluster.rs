@@ -755,9 +755,11 @@ async fn an_idempotency_key_holds_across_nodes() {
 // ---------------------------------------------------------------------------
 // Tasks across nodes.
 
+/// Enqueues with `backoff=none`: only `backoff` tests here wait out a retry
+/// backoff.
 async fn enqueue(node: &Server, queue: &str, payload: &str) -> Value {
     let r = client()
-        .post(node.url(&format!("/queues/{queue}/tasks")))
+        .post(node.url(&format!("/queues/{queue}/tasks?backoff=none")))
         .body(payload.to_owned())
         .send()
         .await

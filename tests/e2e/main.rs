@@ -10,6 +10,7 @@ mod harness;
 
 mod articles;
 mod auth;
+mod backoff;
 mod bad_input;
 mod bench_smoke;
 mod browser;

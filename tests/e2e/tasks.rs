@@ -87,10 +87,12 @@ async fn answer(r: Response) -> (u16, Value) {
     (status, v)
 }
 
-/// Enqueues a text payload; asserts `201` and returns the task.
+/// Enqueues a text payload; asserts `201` and returns the task. With
+/// `backoff=none`: these tests are not about the retry backoff (backoff.rs
+/// is), and a task queued again is claimable at once.
 async fn enqueue(server: &Server, queue: &str, payload: &str) -> Value {
     let r = client()
-        .post(server.url(&format!("/queues/{queue}/tasks")))
+        .post(server.url(&format!("/queues/{queue}/tasks?backoff=none")))
         .body(payload.to_owned())
         .send()
         .await
@@ -718,7 +720,7 @@ async fn worker_calls_need_a_live_lease_and_the_right_token() {
 async fn fail_with_retry_queues_again_until_the_attempts_are_spent() {
     let server = Server::start(&[]);
     let r = client()
-        .post(server.url("/queues/rt/tasks?max_attempts=2"))
+        .post(server.url("/queues/rt/tasks?max_attempts=2&backoff=none"))
         .body("flaky")
         .send()
         .await

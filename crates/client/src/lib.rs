@@ -37,7 +37,7 @@ mod worker;
 
 pub use error::Error;
 pub use subscribe::{Connection, Cursor, Delivery, Subscription, Transport};
-pub use tasks::{Payload, Task, Update, Wait, WaitOutcome};
+pub use tasks::{Backoff, Payload, Task, Update, Wait, WaitOutcome};
 pub use worker::{Claimed, Failure, Progress, Worker};
 
 /// An event as subscribers receive it.

@@ -37,6 +37,34 @@ pub struct Task {
     pub error: Option<String>,
     pub attempts: u32,
     pub max_attempts: u32,
+    /// While queued again after a failed attempt: when it becomes claimable
+    /// (RFC 3339); absent when it is claimable now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_at: Option<String>,
+}
+
+/// The wait before a failed task's next attempt; it doubles after each
+/// attempt, up to 5 minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backoff {
+    /// The server's default: from 1 second.
+    #[default]
+    Default,
+    /// No wait: claimable again at once.
+    None,
+    /// From this base (whole milliseconds, 1 ms to 5 minutes).
+    From(Duration),
+}
+
+impl Backoff {
+    /// The enqueue's query string, if it needs one.
+    fn query(self) -> Option<String> {
+        match self {
+            Backoff::Default => None,
+            Backoff::None => Some("backoff=none".into()),
+            Backoff::From(base) => Some(format!("backoff={}ms", base.as_millis())),
+        }
+    }
 }
 
 impl Task {
@@ -119,8 +147,23 @@ impl Client {
     /// # }
     /// ```
     pub async fn enqueue(&self, queue: &str, payload: Payload) -> Result<Task, Error> {
+        self.enqueue_with(queue, payload, Backoff::Default).await
+    }
+
+    /// Enqueues a task whose failed attempts are retried after `backoff`
+    /// (see [`Client::enqueue`]). A base out of range is an [`Error::Api`]
+    /// with status `400`.
+    pub async fn enqueue_with(
+        &self,
+        queue: &str,
+        payload: Payload,
+        backoff: Backoff,
+    ) -> Result<Task, Error> {
         let key = uuid::Uuid::new_v4().to_string();
-        let url = self.url(&format!("/queues/{}/tasks", encode(queue)));
+        let mut url = self.url(&format!("/queues/{}/tasks", encode(queue)));
+        if let Some(query) = backoff.query() {
+            url = format!("{url}?{query}");
+        }
         retry(|| async {
             let request = self.http().post(&url).header("idempotency-key", &key);
             let response = with_payload(request, &payload).send().await?;

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::task::engine::Waited;
-use herald_core::task::{NewTask, TaskError};
+use herald_core::task::{Backoff, NewTask, TaskError};
 use herald_core::{CursorInput, Topic};
 
 use crate::error::ApiError;
@@ -34,6 +34,7 @@ pub async fn enqueue(
         payload: crate::tasks::payload(&state, &headers, body).await?,
         max_attempts: 3,
         idempotency_key: key.clone(),
+        backoff: Backoff::DEFAULT,
     };
     let (task, _, _) = state
         .tasks()

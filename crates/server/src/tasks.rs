@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_core::Topic;
 use herald_core::task::engine::Waited;
-use herald_core::task::{Cancel, NewTask, Op, Payload, Task, TaskId};
+use herald_core::task::{Backoff, Cancel, NewTask, Op, Payload, Task, TaskId};
 use serde::Deserialize;
 
 use crate::access::Caller;
@@ -79,7 +79,19 @@ fn lease_token(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// `POST /queues/{queue}/tasks[?max_attempts=N]`.
+/// `backoff`: `none`, a base such as `200ms`, `2s` or `1m`, or the default
+/// (exponential from 1 s) when absent.
+fn backoff(query: &Query) -> Result<Backoff, ApiError> {
+    query.get("backoff").map_or(Ok(Backoff::DEFAULT), |raw| {
+        raw.trim()
+            .parse()
+            .map_err(|e: herald_core::task::BadBackoff| {
+                ApiError::bad_query("backoff", e.to_string())
+            })
+    })
+}
+
+/// `POST /queues/{queue}/tasks[?max_attempts=N][&backoff=none|DURATION]`.
 pub async fn enqueue(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -90,12 +102,14 @@ pub async fn enqueue(
     let queue = path_topic(path)?;
     let query = Query::parse(raw.as_deref());
     let max_attempts = query.integer("max_attempts", DEFAULT_ATTEMPTS, 1, 100)?;
+    let backoff = backoff(&query)?;
     let idempotency_key = crate::publish::idempotency_key(&headers)?;
     let new = NewTask {
         queue,
         payload: payload(&state, &headers, body).await?,
         max_attempts: u32::try_from(max_attempts).unwrap_or(3),
         idempotency_key: idempotency_key.clone(),
+        backoff,
     };
     let (task, position, replayed) = state
         .tasks()

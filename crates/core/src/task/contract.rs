@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{Cancel, NewTask, Op, Payload, Status, Task, TaskError, TaskId, TaskStore};
+use super::{Backoff, Cancel, NewTask, Op, Payload, Status, Task, TaskError, TaskId, TaskStore};
 use crate::event::now_ms;
 use crate::name::Topic;
 use crate::store::{ReadFrom, Store};
@@ -17,6 +17,7 @@ fn new(queue: &str, body: &str, key: Option<&str>) -> NewTask {
         payload: Payload::Text(body.into()),
         max_attempts: 2,
         idempotency_key: key.map(str::to_owned),
+        backoff: Backoff::NONE,
     }
 }
 
@@ -55,6 +56,85 @@ where
     leases_expire_and_retries_run_out(&*make().await).await;
     cancellation(&*make().await).await;
     queues_are_listed_oldest_first(&*make().await).await;
+    a_retry_waits_without_holding_up_the_queue(&*make().await).await;
+}
+
+/// Waits (on the wall clock, which the stores compare with) until `at` has
+/// passed.
+async fn until(at: u64) {
+    while now_ms() < at {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+async fn a_retry_waits_without_holding_up_the_queue(store: &dyn Both) {
+    let q = Topic::new("bq").unwrap_or_else(|e| panic!("{e}"));
+    let first = NewTask {
+        max_attempts: 3,
+        backoff: "200ms".parse().unwrap_or_else(|e| panic!("{e}")),
+        ..new("bq", "first", None)
+    };
+    let enqueue = |n: NewTask| async move {
+        let (t, _) = store.enqueue(n).await.unwrap_or_else(|e| panic!("{e}"));
+        t
+    };
+    let a = enqueue(first).await;
+    let claim = || async {
+        store
+            .claim(&q, 30.0)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let running = claim().await.unwrap_or_else(|| panic!("claim"));
+    assert!(
+        store.next_available(0).await.ok().flatten().is_none(),
+        "none waits"
+    );
+    let b = enqueue(new("bq", "second", None)).await;
+    let fail = Op::Fail {
+        token: token(&running),
+        error: "boom".into(),
+        retry: true,
+    };
+    let (waiting, _) = update(store, a.id, fail)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let at = waiting.available_ms.unwrap_or_else(|| panic!("a wait"));
+    assert_eq!(at, waiting.updated_ms + 200);
+    let (stored, position) = store
+        .get(a.id)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("get"));
+    assert_eq!(stored.available_ms, Some(at), "the wait is stored");
+    assert_eq!(position, Some(1), "a waiting task keeps its place in line");
+    let next = store
+        .next_available(0)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(next, Some((at, vec!["bq".to_owned()])));
+    assert!(store.next_available(at).await.ok().flatten().is_none());
+
+    let behind = claim()
+        .await
+        .unwrap_or_else(|| panic!("the task behind is claimable"));
+    assert_eq!(behind.id, b.id);
+    if now_ms() < at {
+        assert!(claim().await.is_none(), "not before its backoff has passed");
+    }
+    until(at).await;
+    let again = claim()
+        .await
+        .unwrap_or_else(|| panic!("claimable once the wait is over"));
+    assert_eq!(
+        (again.id, again.attempts, again.available_ms),
+        (a.id, 2, None)
+    );
+    assert!(
+        store.next_available(0).await.ok().flatten().is_none(),
+        "claimed: no longer waits"
+    );
 }
 
 async fn queues_are_listed_oldest_first(store: &dyn Both) {

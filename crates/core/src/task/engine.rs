@@ -10,6 +10,10 @@
 //!   that streams waiting in the queue follow.
 //! - One reaper sleeps until the earliest lease deadline, or until a claim
 //!   sets an earlier one.
+//! - A task queued again with a retry backoff wakes no claim yet: one timer
+//!   sleeps until the earliest moment a waiting task becomes claimable (the
+//!   store knows it), or until a task queued again may make it sooner, and
+//!   then wakes one claim per task that became claimable.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +44,9 @@ struct Inner {
     queues: Mutex<HashMap<String, Arc<QueueSignals>>>,
     /// Wakes the reaper when a lease that may end sooner was handed out.
     reaper: Notify,
+    /// Wakes the backoff timer when a task was queued again with a wait
+    /// that may end sooner than the one it sleeps for.
+    backoff: Notify,
     shutdown: CancellationToken,
     /// Queue signals come from the store (shared by several nodes) rather
     /// than from this node's own operations.
@@ -106,11 +113,13 @@ impl Tasks {
                 hub,
                 queues: Mutex::new(HashMap::new()),
                 reaper: Notify::new(),
+                backoff: Notify::new(),
                 shutdown,
                 remote: remote.is_some(),
             }),
         };
         tokio::spawn(reap(tasks.clone()));
+        tokio::spawn(wake_when_available(tasks.clone()));
         if let Some(rx) = remote {
             tokio::spawn(listen(tasks.clone(), rx));
         }
@@ -149,7 +158,11 @@ impl Tasks {
         moved(before, task);
         let q = self.signals(&task.queue);
         if task.status == Status::Queued && before != Some(Status::Queued) {
-            q.work.notify_one();
+            if task.waiting_until(now_ms()).is_some() {
+                self.inner.backoff.notify_one();
+            } else {
+                q.work.notify_one();
+            }
         }
         if before == Some(Status::Queued) || (task.status == Status::Queued && before.is_some()) {
             q.moved.send_modify(|n| *n += 1);
@@ -172,8 +185,12 @@ impl Tasks {
             }
             q.moved.send_modify(|n| *n += 1);
         }
-        // A claim on another node may have set a sooner lease deadline.
+        // A claim on another node may have set a sooner lease deadline, and
+        // a task queued again there (signal `later`) a sooner end of a
+        // backoff: each node's timers look again at the shared store, so
+        // every node wakes its own claims when the task becomes claimable.
         self.inner.reaper.notify_one();
+        self.inner.backoff.notify_one();
     }
 
     /// Enqueues a task; `true` when an earlier one with the same
@@ -342,5 +359,66 @@ async fn reap(tasks: Tasks) {
             }
             Err(e) => tracing::warn!(error = %e, "settling expired leases failed"),
         }
+    }
+}
+
+/// How far apart the clocks of nodes sharing a store may be for a task
+/// delayed on one to still wake claims on another at once.
+const CLOCK_SKEW_MS: u64 = 1000;
+
+/// Wakes one waiting claim for each task whose backoff has passed: sleeps
+/// until the earliest moment a waiting task becomes claimable, or until a
+/// task queued again may make that sooner.
+async fn wake_when_available(tasks: Tasks) {
+    let inner = &tasks.inner;
+    // Everything that became claimable before now needs no wake: a claim
+    // looks for itself when it starts. Waiting tasks stay known to the store
+    // until claimed, so asking again (after a wake) finds what is still due.
+    let mut since = now_ms();
+    loop {
+        let woken = inner.backoff.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let next = match inner.store.next_available(since).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading when tasks become claimable failed; retrying in 1 s");
+                Some((now_ms() + 1000, Vec::new()))
+            }
+        };
+        let at = next.as_ref().map(|(at, _)| *at);
+        tokio::select! {
+            () = sleep_until_ms(at) => {}
+            () = &mut woken => {
+                if inner.remote {
+                    // Another node set the time by its own clock, which may
+                    // be a little behind ours: look back a little, so its
+                    // task is not taken for one already announced. (At worst
+                    // a claim is woken once more and finds nothing.)
+                    since = since.min(now_ms().saturating_sub(CLOCK_SKEW_MS));
+                }
+                continue;
+            }
+            () = inner.shutdown.cancelled() => return,
+        }
+        let Some((at, queues)) = next else { continue };
+        // The timer may fire a hair before the wall clock (which the stores
+        // compare with) reaches `at`: a claim woken then would find the
+        // task still waiting, and nobody would wake it again.
+        if now_ms() < at {
+            continue;
+        }
+        for queue in queues {
+            tasks.signals(&queue).work.notify_one();
+        }
+        since = at;
+    }
+}
+
+/// Sleeps until wall-clock time `at` (ms since 1970), forever for `None`.
+async fn sleep_until_ms(at: Option<u64>) {
+    match at {
+        Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+        None => std::future::pending().await,
     }
 }

@@ -68,7 +68,15 @@ pub fn enqueue(new: NewTask, seq: u64, now: u64) -> Task {
         lease: None,
         cancel_requested: false,
         idempotency_key: new.idempotency_key,
+        backoff: new.backoff,
+        available_ms: None,
     }
+}
+
+/// Whether a queued task may be handed to a worker at `now`: every store
+/// asks this, so none hands out a task before its backoff has passed.
+pub fn claimable(task: &Task, now: u64) -> bool {
+    task.status == Status::Queued && task.waiting_until(now).is_none()
 }
 
 fn lease_ms(secs: f64) -> u64 {
@@ -82,6 +90,7 @@ pub fn claim(task: &Task, now: u64, lease_secs: f64) -> Task {
     t.attempts += 1;
     t.started_ms = Some(now);
     t.updated_ms = now;
+    t.available_ms = None;
     t.lease = Some(Lease {
         token: uuid::Uuid::new_v4().simple().to_string(),
         expires_ms: now + lease_ms(lease_secs),
@@ -274,18 +283,24 @@ pub fn expire(task: &Task, now: u64) -> Option<Decision> {
 
 /// Back in the queue for another attempt: the last attempt's progress no
 /// longer applies (its `error`, if any, is kept as the reason for the retry).
+/// It waits out its backoff first, longer after each attempt, so a task that
+/// fails at once does not spin through its attempts (and a worker that
+/// crashed on it gets time to come back).
 fn requeue(t: &mut Task, now: u64) {
     t.status = Status::Queued;
     t.updated_ms = now;
     t.progress = None;
     t.message = None;
     t.started_ms = None;
+    let delay = t.backoff.delay_ms(t.attempts);
+    t.available_ms = (delay > 0).then(|| now + delay);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::name::Topic;
+    use crate::task::Backoff;
 
     fn task() -> Task {
         let new = NewTask {
@@ -293,8 +308,75 @@ mod tests {
             payload: Payload::Text("p".into()),
             max_attempts: 2,
             idempotency_key: None,
+            backoff: Backoff::DEFAULT,
         };
         enqueue(new, 1, 1000)
+    }
+
+    fn with_backoff(backoff: Backoff, max_attempts: u32) -> Task {
+        Task {
+            backoff,
+            max_attempts,
+            ..task()
+        }
+    }
+
+    /// Claims and fails `t` at `now` (with retry); the task queued again.
+    fn claim_and_fail(t: &Task, now: u64) -> Task {
+        let running = claim(t, now, 10.0);
+        let tok = token(&running);
+        let d = fail(&running, Some(&tok), "boom".into(), true, now + 10);
+        d.task.unwrap()
+    }
+
+    #[test]
+    fn a_retry_waits_longer_after_each_attempt() {
+        let mut t = with_backoff(Backoff::DEFAULT, 10);
+        let mut waits = Vec::new();
+        for _ in 0..3 {
+            let now = t.available_ms.unwrap_or(1000);
+            assert!(claimable(&t, now));
+            t = claim_and_fail(&t, now);
+            let at = t.available_ms.unwrap();
+            waits.push(at - t.updated_ms);
+            assert!(!claimable(&t, at - 1), "not a ms early");
+            assert!(claimable(&t, at));
+            assert_eq!(t.waiting_until(at - 1), Some(at));
+        }
+        assert_eq!(waits, [1000, 2000, 4000]);
+        assert_eq!(
+            claim(&t, 99_999, 1.0).available_ms,
+            None,
+            "claimed: no wait"
+        );
+    }
+
+    #[test]
+    fn the_wait_is_capped() {
+        let mut t = with_backoff(Backoff::DEFAULT, 20);
+        t.attempts = 12;
+        let t = claim_and_fail(&t, 5000);
+        assert_eq!(t.available_ms, Some(5010 + Backoff::CAP_MS));
+    }
+
+    #[test]
+    fn no_backoff_and_a_custom_base() {
+        let t = claim_and_fail(&with_backoff(Backoff::NONE, 3), 5000);
+        assert_eq!((t.status, t.available_ms), (Status::Queued, None));
+        assert!(claimable(&t, 5010));
+        let base = "200ms".parse().unwrap();
+        let t = claim_and_fail(&with_backoff(base, 3), 5000);
+        assert_eq!(t.available_ms, Some(5210));
+        let t = claim_and_fail(&t, 6000);
+        assert_eq!(t.available_ms, Some(6410));
+    }
+
+    #[test]
+    fn a_lease_that_runs_out_backs_off_too() {
+        let first = claim(&with_backoff("300ms".parse().unwrap(), 3), 1000, 1.0);
+        let requeued = expire(&first, 2000).unwrap().task.unwrap();
+        assert_eq!(requeued.available_ms, Some(2300));
+        assert!(!claimable(&requeued, 2299));
     }
 
     fn token(t: &Task) -> String {

@@ -22,6 +22,9 @@ pub struct MemTasks {
     keys: HashMap<(String, String), TaskId>,
     /// Running tasks by lease deadline, so the reaper never scans them all.
     leases: BTreeSet<(u64, TaskId)>,
+    /// Tasks queued again with a backoff, by when they become claimable
+    /// (kept until they leave the queue; the engine asks what comes next).
+    waiting: BTreeSet<(u64, TaskId)>,
     seq: u64,
 }
 
@@ -31,6 +34,11 @@ fn deadline(task: &Task) -> Option<u64> {
         .as_ref()
         .filter(|_| task.status == Status::Running)
         .map(|l| l.expires_ms)
+}
+
+/// When a queued task with a backoff becomes claimable.
+fn available(task: &Task) -> Option<u64> {
+    task.available_ms.filter(|_| task.status == Status::Queued)
 }
 
 impl MemTasks {
@@ -51,6 +59,12 @@ impl MemTasks {
         }
         if let Some(at) = deadline(&task) {
             self.leases.insert((at, task.id));
+        }
+        if let Some(at) = self.tasks.get(&task.id).and_then(available) {
+            self.waiting.remove(&(at, task.id));
+        }
+        if let Some(at) = available(&task) {
+            self.waiting.insert((at, task.id));
         }
         let queue = self.queued.entry(task.queue.clone()).or_default();
         if task.status == Status::Queued {
@@ -133,14 +147,18 @@ impl TaskStore for MemoryStore {
 
     async fn claim(&self, queue: &Topic, lease_secs: f64) -> Result<Option<Task>, TaskError> {
         let mut tasks = self.tasks_lock();
-        let next = tasks
-            .queued
-            .get(queue.as_str())
-            .and_then(|q| q.values().next().copied());
-        let Some(task) = next.and_then(|id| tasks.tasks.get(&id)).cloned() else {
+        let now = now_ms();
+        // Oldest first, stepping over tasks still waiting out their backoff
+        // (few: retried failures in flight), which keep their place.
+        let next = tasks.queued.get(queue.as_str()).and_then(|q| {
+            q.values()
+                .filter_map(|id| tasks.tasks.get(id))
+                .find(|t| machine::claimable(t, now))
+        });
+        let Some(task) = next.cloned() else {
             return Ok(None);
         };
-        let running = machine::claim(&task, now_ms(), lease_secs);
+        let running = machine::claim(&task, now, lease_secs);
         tasks.put(running.clone());
         Ok(Some(running))
     }
@@ -177,6 +195,21 @@ impl TaskStore for MemoryStore {
     async fn next_expiry(&self) -> Result<Option<u64>, TaskError> {
         let tasks = self.tasks_lock();
         Ok(tasks.leases.first().map(|(at, _)| *at))
+    }
+
+    async fn next_available(&self, after: u64) -> Result<Option<(u64, Vec<String>)>, TaskError> {
+        let tasks = self.tasks_lock();
+        let from = (after.saturating_add(1), TaskId(uuid::Uuid::nil()));
+        let Some(&(at, _)) = tasks.waiting.range(from..).next() else {
+            return Ok(None);
+        };
+        let queues = tasks
+            .waiting
+            .range((at, TaskId(uuid::Uuid::nil()))..=(at, TaskId(uuid::Uuid::max())))
+            .filter_map(|(_, id)| tasks.tasks.get(id))
+            .map(|t| t.queue.clone())
+            .collect();
+        Ok(Some((at, queues)))
     }
 
     async fn oldest_queued(&self, queue: &str) -> Result<Option<u64>, TaskError> {

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 use crate::name::Topic;
 
+mod backoff;
 pub mod engine;
 pub mod feed;
 pub mod machine;
@@ -32,6 +33,7 @@ mod store;
 #[cfg(any(test, feature = "contract-tests"))]
 pub mod contract;
 
+pub use backoff::{Backoff, BadBackoff};
 pub use machine::Cancel;
 pub use store::{Op, QueueSignal, TaskStore, Updated};
 
@@ -167,6 +169,14 @@ pub struct Task {
     /// and the task ends `cancelled`.
     pub cancel_requested: bool,
     pub idempotency_key: Option<String>,
+    /// How long a retry waits (tasks stored before backoff existed read as
+    /// the default).
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// While queued again after a failed attempt: not claimable before
+    /// this time (ms since the epoch). Cleared when claimed.
+    #[serde(default)]
+    pub available_ms: Option<u64>,
 }
 
 impl Task {
@@ -174,7 +184,7 @@ impl Task {
     /// (1 = next) while queued.
     pub fn to_json(&self, position: Option<u64>) -> serde_json::Value {
         let time = |ms: Option<u64>| ms.map(herald_protocol::time::rfc3339_ms);
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "id": self.id.to_string(),
             "queue": self.queue,
             "status": self.status.as_str(),
@@ -196,7 +206,18 @@ impl Task {
                     .filter(|_| self.status == Status::Running)
                     .map(|l| l.expires_ms)
             ),
-        })
+        });
+        if let Some(at) = self.waiting_until(crate::event::now_ms()) {
+            json["available_at"] = herald_protocol::time::rfc3339_ms(at).into();
+        }
+        json
+    }
+
+    /// When a queued task that may not be claimed at `now` becomes
+    /// claimable; `None` when it is claimable (or not queued).
+    pub fn waiting_until(&self, now: u64) -> Option<u64> {
+        self.available_ms
+            .filter(|&at| self.status == Status::Queued && at > now)
     }
 }
 
@@ -207,6 +228,7 @@ pub struct NewTask {
     pub payload: Payload,
     pub max_attempts: u32,
     pub idempotency_key: Option<String>,
+    pub backoff: Backoff,
 }
 
 /// Why a task operation was refused.
@@ -232,6 +254,31 @@ mod tests {
         assert_eq!(id.to_string().parse::<TaskId>().unwrap(), id);
         assert!("not-a-uuid".parse::<TaskId>().is_err());
         assert!(id.topic().as_str().starts_with("tasks."));
+    }
+
+    #[test]
+    fn available_at_shows_only_while_a_queued_task_waits() {
+        let new = NewTask {
+            queue: Topic::new("q").unwrap(),
+            payload: Payload::Text("p".into()),
+            max_attempts: 3,
+            idempotency_key: None,
+            backoff: Backoff::DEFAULT,
+        };
+        let mut t = machine::enqueue(new, 1, 1000);
+        assert!(t.to_json(Some(1)).get("available_at").is_none());
+        let later = crate::event::now_ms() + 60_000;
+        t.available_ms = Some(later);
+        let json = t.to_json(Some(1));
+        assert_eq!(
+            json["available_at"],
+            herald_protocol::time::rfc3339_ms(later)
+        );
+        t.available_ms = Some(1500);
+        assert!(t.to_json(Some(1)).get("available_at").is_none(), "past");
+        t.available_ms = Some(later);
+        t.status = Status::Running;
+        assert!(t.to_json(None).get("available_at").is_none(), "not queued");
     }
 
     #[test]

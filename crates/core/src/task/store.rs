@@ -111,7 +111,9 @@ pub trait TaskStore: Send + Sync + 'static {
     /// A task and, while it is queued, its position (1 = next).
     async fn get(&self, id: TaskId) -> Result<Option<(Task, Option<u64>)>, TaskError>;
 
-    /// Hands the oldest queued task of `queue` to a worker, if any.
+    /// Hands the oldest claimable task of `queue` to a worker, if any: a
+    /// task queued again is skipped until its backoff has passed
+    /// ([`machine::claimable`]), without holding up those behind it.
     async fn claim(&self, queue: &Topic, lease_secs: f64) -> Result<Option<Task>, TaskError>;
 
     /// Applies a change through the state machine. `Err` only for an unknown
@@ -130,6 +132,12 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// When the next lease runs out, if any task is running.
     async fn next_expiry(&self) -> Result<Option<u64>, TaskError>;
+
+    /// The earliest moment after `after` (ms since 1970) at which a task
+    /// queued again becomes claimable, and the queue of every task that does
+    /// at that moment (once per task), so the engine can wake one waiting
+    /// claim for each.
+    async fn next_available(&self, after: u64) -> Result<Option<(u64, Vec<String>)>, TaskError>;
 
     /// How many tasks each queue holds in each status.
     async fn counts(&self) -> Result<Vec<(String, Status, u64)>, TaskError>;

@@ -47,6 +47,7 @@ struct Scripts {
     task: Script,
     topics: Script,
     list: Script,
+    claimable: Script,
 }
 
 /// The Redis-backed store.
@@ -121,6 +122,7 @@ impl RedisStore {
                 task: script(include_str!("task.lua")),
                 topics: Script::new(include_str!("topics.lua")),
                 list: Script::new(include_str!("list.lua")),
+                claimable: Script::new(include_str!("claimable.lua")),
             },
             signals: broadcast::channel(1024).0,
             seen: std::sync::Mutex::default(),

@@ -1,6 +1,7 @@
 //! Tasks in Redis: the task as JSON under `herald:task:{id}`, queued ids in
 //! a sorted set per queue (by enqueue order), running ids in `herald:leases`
-//! (by lease deadline). Every change is a compare-and-set script: read the
+//! (by lease deadline), tasks waiting out a retry backoff in
+//! `herald:waiting` (`queue|id`, by when they become claimable). Every change is a compare-and-set script: read the
 //! task, let the Rust state machine decide, write only if nobody changed it
 //! meanwhile (else read again) — so two nodes never both win a claim.
 
@@ -88,6 +89,10 @@ impl RedisStore {
             .as_ref()
             .filter(|_| new.status == Status::Running)
             .map_or(String::new(), |l| l.expires_ms.to_string());
+        let available = new
+            .available_ms
+            .filter(|_| new.status == Status::Queued)
+            .map_or(String::new(), |at| at.to_string());
         let mut invocation = self.scripts.task.prepare_invoke();
         invocation
             .arg(new.id.to_string())
@@ -106,7 +111,8 @@ impl RedisStore {
             .arg(idem.unwrap_or(""))
             .arg(&mark.id)
             .arg(mark.ttl.as_secs())
-            .arg(if mark.full { "1" } else { "0" });
+            .arg(if mark.full { "1" } else { "0" })
+            .arg(available);
         let (ok, other): (i64, String) = self.write("changing a task", &invocation).await?;
         Ok((ok == 1, other))
     }
@@ -218,20 +224,25 @@ impl TaskStore for RedisStore {
     async fn claim(&self, queue: &Topic, lease_secs: f64) -> Result<Option<Task>, TaskError> {
         for _ in 0..CAS_ROUNDS {
             let mut conn = self.conn();
-            let next: Vec<String> = conn
-                .zrange(format!("herald:queue:{queue}"), 0, 0)
+            let now = now_ms();
+            let next: Option<String> = self
+                .scripts
+                .claimable
+                .arg(queue.as_str())
+                .arg(now)
+                .invoke_async(&mut conn)
                 .await
                 .map_err(|e| unavailable("finding work", e))?;
-            let Some(id) = next.first().and_then(|i| i.parse::<TaskId>().ok()) else {
+            let Some(id) = next.and_then(|i| i.parse::<TaskId>().ok()) else {
                 return Ok(None);
             };
             let Some((json, task)) = self.load(id).await? else {
                 continue;
             };
-            if task.status != Status::Queued {
+            if !machine::claimable(&task, now) {
                 continue;
             }
-            let running = machine::claim(&task, now_ms(), lease_secs);
+            let running = machine::claim(&task, now, lease_secs);
             let (ok, _) = self
                 .cas(
                     Some((&json, task.status)),
@@ -291,6 +302,26 @@ impl TaskStore for RedisStore {
             .await
             .map_err(|e| unavailable("reading lease deadlines", e))?;
         Ok(first.first().map(|(_, at)| *at as u64))
+    }
+
+    async fn next_available(&self, after: u64) -> Result<Option<(u64, Vec<String>)>, TaskError> {
+        let mut conn = self.conn();
+        let first: Vec<(String, f64)> = conn
+            .zrangebyscore_limit_withscores("herald:waiting", format!("({after}"), "+inf", 0, 1)
+            .await
+            .map_err(|e| unavailable("reading when tasks become claimable", e))?;
+        let Some(at) = first.first().map(|(_, at)| *at as u64) else {
+            return Ok(None);
+        };
+        let due: Vec<String> = conn
+            .zrangebyscore("herald:waiting", at, at)
+            .await
+            .map_err(|e| unavailable("reading when tasks become claimable", e))?;
+        let queues = due
+            .iter()
+            .filter_map(|m| m.split_once('|').map(|(q, _)| q.to_owned()))
+            .collect();
+        Ok(Some((at, queues)))
     }
 
     async fn oldest_queued(&self, queue: &str) -> Result<Option<u64>, TaskError> {

@@ -17,7 +17,9 @@ use crate::error::StoreError;
 /// The database's file name inside the data directory.
 pub const FILE_NAME: &str = "herald.db";
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: tasks carry `available_ms` (retry backoff). A herald that knows only
+/// 1 refuses the file, since it would hand out tasks still waiting.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS topics (
@@ -112,6 +114,7 @@ pub fn open_writer(dir: &Path, max_bytes: Option<u64>) -> Result<Connection, Sto
         .map_err(|e| fail("cannot be written", e))?;
     conn.execute_batch(super::tasks::SCHEMA)
         .map_err(|e| fail("cannot be written", e))?;
+    super::tasks::migrate(&conn).map_err(|e| fail("cannot be brought up to date", e))?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(|e| fail("cannot be written", e))?;
     if let Some(max) = max_bytes {
@@ -173,6 +176,47 @@ mod tests {
             .get_status(StatementStatus::RePrepare);
         assert_eq!(reprepared, 0);
         drop(conn);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A file written before retry backoff (schema 1) opens, gains the
+    /// column and index, and keeps its tasks.
+    #[test]
+    fn a_schema_1_file_is_brought_up_to_date() {
+        let dir = std::env::temp_dir().join(format!("herald-migrate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = Connection::open(dir.join(FILE_NAME)).unwrap();
+        old.execute_batch(
+            "CREATE TABLE tasks (id TEXT PRIMARY KEY, queue TEXT NOT NULL, seq INTEGER NOT NULL,
+                 status TEXT NOT NULL, lease_expires INTEGER, finished_ms INTEGER,
+                 idem_key TEXT, data TEXT NOT NULL) WITHOUT ROWID;
+             INSERT INTO tasks VALUES ('t', 'q', 1, 'queued', NULL, NULL, NULL, '{}');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(old);
+        let conn = open_writer(&dir, None).unwrap();
+        let (n, waiting): (i64, Option<i64>) = conn
+            .query_row("SELECT COUNT(*), MAX(available_ms) FROM tasks", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((n, waiting), (1, None), "kept, and claimable");
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let index: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'tasks_waiting'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 1);
+        drop(conn);
+        assert!(open_writer(&dir, None).is_ok(), "and opens again");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     lease_expires INTEGER,
     finished_ms   INTEGER,
     idem_key      TEXT,
-    data          TEXT NOT NULL
+    data          TEXT NOT NULL,
+    available_ms  INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (queue, status, seq);
 CREATE INDEX IF NOT EXISTS tasks_seq ON tasks (seq);
@@ -35,6 +36,25 @@ CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_expires) WHERE status = '
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_ms) WHERE finished_ms IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_idem ON tasks (queue, idem_key) WHERE idem_key IS NOT NULL;
 ";
+
+/// Brings a `tasks` table from before retry backoff (schema 1) up to date:
+/// `available_ms` is when a task queued again becomes claimable (NULL:
+/// claimable now), and an index finds the next one for the engine's timer.
+/// Tasks queued under schema 1 have none, so they stay claimable.
+pub fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let has_column: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('tasks') WHERE name = 'available_ms'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_column {
+        conn.execute_batch("ALTER TABLE tasks ADD COLUMN available_ms INTEGER")?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS tasks_waiting ON tasks (available_ms)
+         WHERE status = 'queued' AND available_ms IS NOT NULL",
+    )
+}
 
 fn decode(json: &str) -> Result<Task, StoreError> {
     serde_json::from_str(json)
@@ -69,10 +89,15 @@ fn save(tx: &Transaction<'_>, task: &Task) -> Result<(), StoreError> {
         .as_ref()
         .filter(|_| task.status == Status::Running)
         .map(|l| sql_int(l.expires_ms));
+    let available = task
+        .available_ms
+        .filter(|_| task.status == Status::Queued)
+        .map(sql_int);
     tx.prepare_cached(
-        "INSERT INTO tasks (id, queue, seq, status, lease_expires, finished_ms, idem_key, data)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (id) DO UPDATE SET status = ?4, lease_expires = ?5, finished_ms = ?6, data = ?8",
+        "INSERT INTO tasks (id, queue, seq, status, lease_expires, finished_ms, idem_key, data, available_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (id) DO UPDATE SET status = ?4, lease_expires = ?5, finished_ms = ?6, data = ?8,
+             available_ms = ?9",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -83,7 +108,8 @@ fn save(tx: &Transaction<'_>, task: &Task) -> Result<(), StoreError> {
             lease,
             task.finished_ms.map(sql_int),
             task.idempotency_key,
-            data
+            data,
+            available
         ])
     })
     .map_err(|e| error("saving a task", e))?;
@@ -182,12 +208,24 @@ impl TaskStore for SqliteStore {
     async fn claim(&self, queue: &Topic, lease_secs: f64) -> Result<Option<Task>, TaskError> {
         let queue = queue.as_str().to_owned();
         self.job(move |ctx| {
+            // Walks the queue's (queue, status, seq) index oldest first and
+            // steps over tasks waiting out a backoff: those are retried
+            // failures in flight, few beside the queue, and an index on
+            // availability could not give FIFO order.
             let json: Option<String> = ctx
                 .tx
-                .prepare_cached("SELECT data FROM tasks WHERE queue = ?1 AND status = 'queued' ORDER BY seq LIMIT 1")
-                .and_then(|mut s| s.query_row([&queue], |r| r.get(0)).optional())
+                .prepare_cached(
+                    "SELECT data FROM tasks WHERE queue = ?1 AND status = 'queued'
+                     AND (available_ms IS NULL OR available_ms <= ?2) ORDER BY seq LIMIT 1",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![queue, sql_int(ctx.now)], |r| r.get(0))
+                        .optional()
+                })
                 .map_err(|e| error("finding work", e))?;
-            let Some(json) = json else { return Ok(Ok(None)) };
+            let Some(json) = json else {
+                return Ok(Ok(None));
+            };
             let running = machine::claim(&decode(&json)?, ctx.now, lease_secs);
             save(ctx.tx, &running)?;
             Ok(Ok(Some(running)))
@@ -242,6 +280,30 @@ impl TaskStore for SqliteStore {
                 Ok(at.map(|v| u64::try_from(v).unwrap_or(0)))
             })
             .await?)
+    }
+
+    async fn next_available(&self, after: u64) -> Result<Option<(u64, Vec<String>)>, TaskError> {
+        let rows: Vec<(i64, String)> = self
+            .readers
+            .with(move |conn| {
+                // Both on the partial index tasks_waiting.
+                conn.prepare_cached(
+                    "SELECT available_ms, queue FROM tasks WHERE status = 'queued'
+                     AND available_ms = (SELECT MIN(available_ms) FROM tasks
+                                         WHERE status = 'queued' AND available_ms > ?1)",
+                )
+                .and_then(|mut s| {
+                    s.query_map([sql_int(after)], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect()
+                })
+                .map_err(|e| error("reading when tasks become claimable", e))
+            })
+            .await?;
+        let Some(&(at, _)) = rows.first() else {
+            return Ok(None);
+        };
+        let at = u64::try_from(at).unwrap_or(0);
+        Ok(Some((at, rows.into_iter().map(|(_, q)| q).collect())))
     }
 
     async fn oldest_queued(&self, queue: &str) -> Result<Option<u64>, TaskError> {
