@@ -207,7 +207,8 @@ fn client_of(request: &RequestView<'_>) -> ClientId {
 }
 
 /// The router layer: every request hyper serves is admitted here, and its
-/// [`Caller`] handed to the handler; every answer gets the CORS headers.
+/// [`Caller`] handed to the handler; every answer gets the CORS headers and
+/// is counted by its route (`herald_http_responses_total`).
 pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = Route::of(request.uri().path());
     let response = answer(&state, request, next).await;
@@ -217,6 +218,7 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
     response
 }
 
+/// The gate and the handler: what [`layer`] counts.
 async fn answer(state: &AppState, mut request: Request, next: Next) -> Response {
     let (cors, admitted) = {
         let view = RequestView::of_request(&request);
