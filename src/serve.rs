@@ -21,8 +21,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{ServeConfig, StoreChoice};
 
+/// Bucket bounds, in seconds, of every histogram herald records (all are
+/// latencies): 100 µs (a memory-store read) to 30 s (a long claim wait or
+/// a slow task). Without them the exporter renders summaries, which cannot
+/// be aggregated across nodes.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .context("setting the histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
     let upkeep = handle.clone();
@@ -34,6 +45,11 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         }
     });
     describe_metrics();
+    metrics::describe_gauge!(
+        "herald_build_info",
+        "Always 1; the version label names the running herald."
+    );
+    metrics::gauge!("herald_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
 

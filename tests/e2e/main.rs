@@ -23,6 +23,7 @@ mod durability;
 mod inspect;
 mod limits;
 mod live;
+mod metrics;
 mod node;
 mod parked;
 mod publish;

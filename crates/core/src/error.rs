@@ -9,6 +9,11 @@ pub enum StoreError {
     /// the client may retry later.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store has no room to write: its disk is full, or it reached the
+    /// size it may grow to. Nothing was changed; writes may succeed again
+    /// once room is made (retention drops events, an operator frees space).
+    #[error("store full: {0}")]
+    Full(String),
     /// A write was sent and no answer came back, and sending it again (it
     /// carries its own id, so a second arrival changes nothing) got no
     /// answer either: it may or may not have been applied. Only a store on

@@ -24,6 +24,7 @@ use crate::cors;
 use crate::error::ApiError;
 pub use crate::limits::ClientId;
 use crate::request::RequestView;
+use crate::responses::Route;
 use crate::seed::{ARTICLE_QUEUE, NOTIFICATIONS_TOPIC as NOTIFICATIONS};
 use crate::state::AppState;
 
@@ -206,8 +207,19 @@ fn client_of(request: &RequestView<'_>) -> ClientId {
 }
 
 /// The router layer: every request hyper serves is admitted here, and its
-/// [`Caller`] handed to the handler; every answer gets the CORS headers.
-pub async fn layer(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+/// [`Caller`] handed to the handler; every answer gets the CORS headers and
+/// is counted by its route (`herald_http_responses_total`).
+pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = Route::of(request.uri().path());
+    let response = answer(&state, request, next).await;
+    // Here, outermost, every answer the router gives passes; a stream's
+    // status is its head's, sent as the stream opens.
+    state.responses().count(route, response.status());
+    response
+}
+
+/// The gate and the handler: what [`layer`] counts.
+async fn answer(state: &AppState, mut request: Request, next: Next) -> Response {
     let (cors, admitted) = {
         let view = RequestView::of_request(&request);
         if let Some(preflight) = cors::preflight(&state.config().cors, &view) {
@@ -221,7 +233,7 @@ pub async fn layer(State(state): State<AppState>, mut request: Request, next: Ne
         }
         (
             cors::headers(&state.config().cors, &view),
-            admit(&state, &view),
+            admit(state, &view),
         )
     };
     let mut response = match admitted {

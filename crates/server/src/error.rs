@@ -60,6 +60,14 @@ pub enum ApiError {
     /// The store cannot be reached; the detail is for the log.
     #[error("the store is unavailable; nothing was changed; retry later")]
     StoreDown(String),
+    /// `/healthz`: the store does not answer (Redis down, the database
+    /// cannot be read); the detail is for the log.
+    #[error("the store cannot be reached")]
+    StoreUnreachable(String),
+    /// `/healthz`: the store's last write found no room (a full disk, or
+    /// `--max-db-size` reached); the detail is for the log.
+    #[error("the store has no room to write")]
+    DiskFull(String),
     /// A write was sent and never confirmed (see
     /// [`StoreError::OutcomeUnknown`]); `key` is the `Idempotency-Key` the
     /// client can retry with, when the call had one.
@@ -91,9 +99,11 @@ impl ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable(_) | ApiError::StoreDown(_) | ApiError::OutcomeUnknown { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable(_)
+            | ApiError::StoreDown(_)
+            | ApiError::StoreUnreachable(_)
+            | ApiError::DiskFull(_)
+            | ApiError::OutcomeUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -119,6 +129,8 @@ impl ApiError {
             ApiError::Unauthorized(_) | ApiError::InvalidToken(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Unavailable(_) | ApiError::StoreDown(_) => "unavailable",
+            ApiError::StoreUnreachable(_) => "store_unreachable",
+            ApiError::DiskFull(_) => "disk_full",
             ApiError::OutcomeUnknown { .. } => "outcome_unknown",
             ApiError::TooMany { .. } => "too_many_requests",
             ApiError::Internal(_) => "internal",
@@ -173,7 +185,9 @@ pub fn refused(reason: &'static str) {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(m) => ApiError::StoreDown(m),
+            // A write refused for want of room is, to its client, one more
+            // write the store could not take now.
+            StoreError::Unavailable(m) | StoreError::Full(m) => ApiError::StoreDown(m),
             StoreError::OutcomeUnknown(detail) => ApiError::OutcomeUnknown { key: None, detail },
             StoreError::Internal(m) => ApiError::Internal(m),
         }

@@ -27,6 +27,7 @@ mod plan;
 mod publish;
 pub mod query;
 pub mod request;
+pub mod responses;
 mod seed;
 pub mod state;
 pub mod subscribe;

@@ -21,6 +21,7 @@ use tower::ServiceExt;
 
 use crate::direct::{self, Direct, Outcome, socket::Rewind};
 use crate::request::Peer;
+use crate::responses::{Responses, Route};
 use crate::state::AppState;
 use crate::tls::Tls;
 
@@ -59,7 +60,7 @@ pub async fn serve(
                     tcp
                 }
                 Err(e) if is_out_of_files(&e) => {
-                    spare.refuse_one(&listener).await;
+                    spare.refuse_one(&listener, state.responses()).await;
                     continue;
                 }
                 Err(e) => {
@@ -72,7 +73,7 @@ pub async fn serve(
         // `--max-connections`: beyond it, refused at once as when out of
         // descriptors.
         let Some(place) = state.limits().connection() else {
-            refuse(tcp);
+            refuse(tcp, state.responses());
             continue;
         };
         let watcher = graceful.watcher();
@@ -266,7 +267,7 @@ impl Spare {
     /// Accepts one waiting connection with the spare descriptor's room and
     /// refuses it; without a spare (it could not be opened again), waits a
     /// moment so the loop does not spin.
-    async fn refuse_one(&mut self, listener: &TcpListener) {
+    async fn refuse_one(&mut self, listener: &TcpListener, responses: &Responses) {
         if self.refused == 0 {
             tracing::error!(
                 "out of file descriptors: refusing new connections with 503 until some close \
@@ -282,7 +283,7 @@ impl Spare {
         if let Ok(Ok((tcp, _))) =
             tokio::time::timeout(Duration::from_millis(10), listener.accept()).await
         {
-            refuse(tcp);
+            refuse(tcp, responses);
         }
         self.file = std::fs::File::open("/dev/null").ok();
     }
@@ -296,8 +297,10 @@ impl Spare {
     }
 }
 
-/// Answers `503` without reading the request, and closes.
-fn refuse(tcp: TcpStream) {
+/// Answers `503` without reading the request (so its route is `other`),
+/// and closes.
+fn refuse(tcp: TcpStream, responses: &Responses) {
+    responses.count(Route::Other, axum::http::StatusCode::SERVICE_UNAVAILABLE);
     // What the client sent already is read first: closing a socket with
     // unread bytes resets it, and the client might not see the answer.
     let mut sink = [0u8; 4096];

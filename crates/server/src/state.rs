@@ -77,6 +77,8 @@ struct Inner {
     shutdown: CancellationToken,
     sockets: TaskTracker,
     limits: Arc<crate::limits::Limits>,
+    /// `herald_http_responses_total`, counted by both stacks.
+    responses: crate::responses::Responses,
     /// The `retry:` line and comment every SSE stream opens with, encoded once.
     sse_preamble: Bytes,
 }
@@ -91,6 +93,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 sse_preamble: herald_protocol::sse::preamble(retry_ms, "herald"),
                 limits: crate::limits::Limits::new(config.limits),
+                responses: crate::responses::Responses::default(),
                 hub,
                 tasks,
                 config,
@@ -129,6 +132,11 @@ impl AppState {
     /// The live counts the limits are checked against.
     pub fn limits(&self) -> &Arc<crate::limits::Limits> {
         &self.inner.limits
+    }
+
+    /// Every answer sent, by route and status.
+    pub fn responses(&self) -> &crate::responses::Responses {
+        &self.inner.responses
     }
 
     pub fn sse_preamble(&self) -> Bytes {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Appended, NewEvent, Page, ReadFrom, Retention, Store, TopicInfo};
+use super::{Appended, Footprint, NewEvent, Page, ReadFrom, Retention, Store, TopicInfo};
 use crate::error::StoreError;
 use crate::event::{Event, EventId, now_ms};
 use crate::fanout::{Fanout, Watch};
@@ -252,6 +252,16 @@ impl Store for MemoryStore {
 
     async fn health(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// No size: what the process's heap holds for the events is not
+    /// counted, and a guess would read as a measurement.
+    async fn footprint(&self) -> Result<Footprint, StoreError> {
+        let topics = self.lock().len();
+        Ok(Footprint {
+            topics: u64::try_from(topics).unwrap_or(u64::MAX),
+            bytes: None,
+        })
     }
 
     fn describe(&self) -> String {

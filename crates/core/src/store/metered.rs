@@ -6,7 +6,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use metrics::Histogram;
 
-use super::{Appended, NewEvent, Page, ReadFrom, Store, TopicInfo};
+use super::{Appended, Footprint, NewEvent, Page, ReadFrom, Store, TopicInfo};
 use crate::error::StoreError;
 use crate::event::EventId;
 use crate::fanout::Watch;
@@ -76,6 +76,10 @@ impl Store for Metered {
 
     async fn health(&self) -> Result<(), StoreError> {
         self.inner.health().await
+    }
+
+    async fn footprint(&self) -> Result<Footprint, StoreError> {
+        self.inner.footprint().await
     }
 
     fn describe(&self) -> String {

@@ -95,6 +95,18 @@ pub struct TopicInfo {
     pub last: EventId,
 }
 
+/// How much a store holds, for `/metrics`. Cheap to ask: a store answers
+/// from its topic bookkeeping and file sizes, never by reading events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Topics the store keeps bookkeeping for.
+    pub topics: u64,
+    /// Bytes the store takes where it keeps events (the database file and
+    /// its write-ahead log; Redis's `used_memory`); `None` when the store
+    /// cannot say honestly (memory).
+    pub bytes: Option<u64>,
+}
+
 /// A place where events are kept: memory, an embedded database, Redis.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -125,8 +137,13 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<TopicInfo>, StoreError>;
 
-    /// Whether the store answers.
+    /// Whether the store answers and can write: [`StoreError::Full`] when
+    /// its last write found no room, another error when it cannot be
+    /// reached.
     async fn health(&self) -> Result<(), StoreError>;
+
+    /// How many topics it holds and how large it is.
+    async fn footprint(&self) -> Result<Footprint, StoreError>;
 
     /// Where the store keeps its data, for the start-up log.
     fn describe(&self) -> String;

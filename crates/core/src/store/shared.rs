@@ -36,7 +36,7 @@ use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt, Shared, WeakShared};
 use metrics::Counter;
 
-use super::{Appended, NewEvent, Page, ReadFrom, Store, TopicInfo};
+use super::{Appended, Footprint, NewEvent, Page, ReadFrom, Store, TopicInfo};
 use crate::error::StoreError;
 use crate::event::EventId;
 use crate::fanout::{Fanout, Watch};
@@ -261,6 +261,10 @@ impl Store for SharedReads {
         self.inner.health().await
     }
 
+    async fn footprint(&self) -> Result<Footprint, StoreError> {
+        self.inner.footprint().await
+    }
+
     fn describe(&self) -> String {
         self.inner.describe()
     }
@@ -366,6 +370,10 @@ mod tests {
 
         async fn health(&self) -> Result<(), StoreError> {
             Ok(())
+        }
+
+        async fn footprint(&self) -> Result<Footprint, StoreError> {
+            Ok(Footprint::default())
         }
 
         fn describe(&self) -> String {

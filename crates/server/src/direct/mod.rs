@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use crate::answer::Whole;
 use crate::error::ApiError;
 use crate::http1::head::{self, Framing, Parsed};
+use crate::responses::Route;
 use crate::state::AppState;
 use crate::subscribe::{self, Decision, Mode, Plan, Stream, StreamKind};
 use crate::transport::long_poll::{self, Polled};
@@ -187,7 +188,7 @@ async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut, fres
         Err(step) => return step,
     };
     if let Err(refused) = crate::framing::check(&head.headers) {
-        return refuse(direct, tcp, refused).await;
+        return refuse(direct, tcp, Route::of(&head.path), refused).await;
     }
     if !head.is_plain_get() {
         return Step::Hyper;
@@ -195,6 +196,7 @@ async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut, fres
     let Some(route) = subscribe::route(&head.path) else {
         return Step::Hyper;
     };
+    let counted = Route::from(route);
     metrics::counter!("herald_subscribe_requests_total", "stack" => "direct").increment(1);
     let http10 = head.http10;
     buf.advance(head.len);
@@ -215,21 +217,22 @@ async fn request(direct: &Direct, tcp: &Arc<TcpStream>, buf: &mut BytesMut, fres
     drop(head);
     let decision = with_cors(decision, cors);
     let plan = match decision {
-        Decision::Answer(whole) => return answered(direct, tcp, http10, whole).await,
+        Decision::Answer(whole) => return answered(direct, tcp, counted, http10, whole).await,
         Decision::Plan(plan) => plan,
     };
     match &plan.mode {
         &Mode::LongPoll { limit, deadline } => {
-            serve_long_poll(direct, tcp, buf, &plan, limit, deadline, http10).await
+            let at = (counted, http10);
+            serve_long_poll(direct, tcp, buf, &plan, limit, deadline, at).await
         }
         Mode::Stream(kind) => {
             let kind = kind.clone();
-            open_stream(direct, tcp, plan, kind, http10).await
+            open_stream(direct, tcp, plan, kind, (counted, http10)).await
         }
         // `is_plain_get` leaves every upgrade to hyper.
         Mode::WebSocket => {
             let bug = ApiError::Internal("a WebSocket plan reached the direct path".into());
-            answered(direct, tcp, http10, bug.whole()).await
+            answered(direct, tcp, counted, http10, bug.whole()).await
         }
     }
 }
@@ -255,7 +258,7 @@ async fn open_stream(
     tcp: &Arc<TcpStream>,
     plan: Plan,
     kind: StreamKind,
-    http10: bool,
+    (route, http10): (Route, bool),
 ) -> Step {
     let chunked = !http10;
     let framing = if chunked {
@@ -275,8 +278,9 @@ async fn open_stream(
     .await
     {
         Ok(stream) => stream,
-        Err(whole) => return answered(direct, tcp, http10, whole).await,
+        Err(whole) => return answered(direct, tcp, route, http10, whole).await,
     };
+    direct.state.responses().count(route, StatusCode::OK);
     let mut out = VecDeque::from([Bytes::from(head)]);
     let mut line = BytesMut::new();
     let written = match &mut stream {
@@ -323,10 +327,13 @@ async fn read_head(
                 Parsed::Partial if buf.len() < MAX_HEAD => {}
                 // Answered in herald's JSON, which hyper's own answers to
                 // these lack.
-                Parsed::Partial => return Err(refuse(direct, tcp, ApiError::HeadTooLarge).await),
+                // No path read whole, so no route.
+                Parsed::Partial => {
+                    return Err(refuse(direct, tcp, Route::Other, ApiError::HeadTooLarge).await);
+                }
                 Parsed::Malformed => {
                     let bad = ApiError::BadRequest("this is not an HTTP/1 request head".into());
-                    return Err(refuse(direct, tcp, bad).await);
+                    return Err(refuse(direct, tcp, Route::Other, bad).await);
                 }
                 Parsed::Foreign => return Err(Step::Hyper),
             }
@@ -355,7 +362,7 @@ async fn serve_long_poll(
     plan: &Plan,
     limit: usize,
     deadline: Instant,
-    http10: bool,
+    (route, http10): (Route, bool),
 ) -> Step {
     let state = &direct.state;
     let polled = if let [topic] = plan.topics.as_slice() {
@@ -384,13 +391,19 @@ async fn serve_long_poll(
         }
     };
     match polled {
-        Polled::Answer(whole) => answered(direct, tcp, http10, whole).await,
-        // The lot wrote the answer but for these bytes.
-        Polled::Answered(Ok(mut rest)) => Step::Answered {
-            after: after(socket::write_all(tcp, &mut rest, direct.write_timeout()).await),
-            http10,
-        },
-        Polled::Answered(Err(park::Lost)) => Step::Closed,
+        Polled::Answer(whole) => answered(direct, tcp, route, http10, whole).await,
+        // The lot wrote the answer (always a `200`) but for these bytes.
+        Polled::Answered(Ok(mut rest)) => {
+            state.responses().count(route, StatusCode::OK);
+            Step::Answered {
+                after: after(socket::write_all(tcp, &mut rest, direct.write_timeout()).await),
+                http10,
+            }
+        }
+        Polled::Answered(Err(park::Lost)) => {
+            state.responses().count(route, StatusCode::OK);
+            Step::Closed
+        }
     }
 }
 
@@ -402,13 +415,13 @@ async fn too_slow(direct: &Direct, tcp: &TcpStream, buf: &BytesMut) -> Step {
         return Step::Closed;
     }
     let late = ApiError::Timeout("the request head did not arrive in time".into());
-    refuse(direct, tcp, late).await
+    refuse(direct, tcp, Route::Other, late).await
 }
 
 /// Answers a head the server will not read on, and closes the connection:
 /// where that request ends, and so where the next begins, is unknown.
-async fn refuse(direct: &Direct, tcp: &TcpStream, why: ApiError) -> Step {
-    let _ = answered(direct, tcp, false, closing(why.whole())).await;
+async fn refuse(direct: &Direct, tcp: &TcpStream, route: Route, why: ApiError) -> Step {
+    let _ = answered(direct, tcp, route, false, closing(why.whole())).await;
     socket::linger(tcp).await;
     Step::Closed
 }
@@ -422,13 +435,21 @@ fn closing(mut whole: Whole) -> Whole {
     whole
 }
 
-/// Writes a whole answer (status, headers, body) as hyper would.
-async fn answered(direct: &Direct, tcp: &TcpStream, http10: bool, whole: Whole) -> Step {
+/// Writes a whole answer (status, headers, body) as hyper would, and
+/// counts it.
+async fn answered(
+    direct: &Direct,
+    tcp: &TcpStream,
+    route: Route,
+    http10: bool,
+    whole: Whole,
+) -> Step {
     let Whole {
         status,
         headers,
         body,
     } = whole;
+    direct.state.responses().count(route, status);
     let head = head::response(
         http10,
         status,

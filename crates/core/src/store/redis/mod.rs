@@ -21,7 +21,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use tokio::sync::broadcast;
 
-use super::{Appended, NewEvent, Page, ReadFrom, Retention, Store, TopicInfo};
+use super::{Appended, Footprint, NewEvent, Page, ReadFrom, Retention, Store, TopicInfo};
 use crate::error::StoreError;
 use crate::event::{Event, EventId};
 use crate::fanout::{Fanout, Watch};
@@ -393,6 +393,27 @@ impl Store for RedisStore {
                 "redis answered PING with {other:?}"
             ))),
         }
+    }
+
+    /// Topics from the set `append.lua` adds each new topic to (`SCARD`,
+    /// constant time); bytes are the whole Redis server's `used_memory`,
+    /// herald's keys and anything else it holds: Redis cannot say which
+    /// bytes are whose without scanning every key.
+    async fn footprint(&self) -> Result<Footprint, StoreError> {
+        let mut conn = self.conn();
+        let (topics, info): (u64, String) = redis::pipe()
+            .cmd("SCARD")
+            .arg("herald:topics")
+            .cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("footprint", e))?;
+        let bytes = info.lines().find_map(|line| {
+            line.strip_prefix("used_memory:")
+                .and_then(|n| n.trim().parse().ok())
+        });
+        Ok(Footprint { topics, bytes })
     }
 
     fn describe(&self) -> String {

@@ -6,6 +6,7 @@
 //! so an acknowledged event survives a crash or power loss.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
-use super::{Appended, NewEvent, Page, ReadFrom, Retention, Store, TopicInfo};
+use super::{Appended, Footprint, NewEvent, Page, ReadFrom, Retention, Store, TopicInfo};
 use crate::error::StoreError;
 use crate::event::EventId;
 use crate::fanout::{Fanout, Watch};
@@ -47,6 +48,8 @@ pub struct SqliteStore {
     fanout: Arc<Fanout>,
     dir: PathBuf,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The writer's last transaction found no room (see [`Writer`]).
+    full: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -64,7 +67,13 @@ impl SqliteStore {
     pub fn open(config: SqliteConfig, fanout: Arc<Fanout>) -> Result<Arc<SqliteStore>, StoreError> {
         let conn = schema::open_writer(&config.dir, config.max_bytes)?;
         let (tx, rx) = mpsc::channel();
-        let writer = Writer::new(conn, Arc::clone(&fanout), config.retention);
+        let full = Arc::new(AtomicBool::new(false));
+        let writer = Writer::new(
+            conn,
+            Arc::clone(&fanout),
+            config.retention,
+            Arc::clone(&full),
+        );
         let handle = std::thread::Builder::new()
             .name("herald-sqlite-writer".into())
             .spawn(move || writer.run(rx))
@@ -75,6 +84,7 @@ impl SqliteStore {
             fanout,
             dir: config.dir,
             writer: Mutex::new(Some(handle)),
+            full,
         });
         if let Some(age) = config.retention.max_age {
             tokio::spawn(sweep(Arc::downgrade(&store), age));
@@ -181,12 +191,40 @@ impl Store for SqliteStore {
     }
 
     async fn health(&self) -> Result<(), StoreError> {
+        // Known from the last write rather than probed: a probe would have
+        // to write, and the free space of the file system says nothing of
+        // `--max-db-size`, while SQLITE_FULL is raised for both.
+        if self.full.load(Ordering::Relaxed) {
+            return Err(StoreError::Full("the last write found no room".into()));
+        }
         self.readers
             .quick(|conn| {
                 conn.query_row("SELECT 1", [], |_| Ok(()))
                     .map_err(sql("checking the database"))
             })
             .await
+    }
+
+    /// Topics by counting the rows of `topics` (one small row per topic,
+    /// never the events); bytes from the sizes of the file and its WAL.
+    async fn footprint(&self) -> Result<Footprint, StoreError> {
+        let topics = self
+            .readers
+            .quick(|conn| {
+                conn.query_row("SELECT count(*) FROM topics", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .map_err(sql("counting topics"))
+            })
+            .await?;
+        let main = self.path();
+        let mut wal = main.clone().into_os_string();
+        wal.push("-wal");
+        let size = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        Ok(Footprint {
+            topics: u64::try_from(topics).unwrap_or(0),
+            bytes: Some(size(&main) + size(std::path::Path::new(&wal))),
+        })
     }
 
     fn describe(&self) -> String {

@@ -45,6 +45,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_idem ON events (topic, idem_key) WHERE 
 /// Turns a SQLite error into a store error: whatever stops a write (a full
 /// disk, a quota, an I/O error, a damaged file) makes the store unavailable.
 pub fn error(context: &str, e: rusqlite::Error) -> StoreError {
+    // SQLITE_FULL is what a full disk and `--max-db-size` both raise: told
+    // apart so that `/healthz` can say the store has no room.
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        return StoreError::Full(format!("{context}: {e}"));
+    }
     StoreError::Unavailable(format!("{context}: {e}"))
 }
 

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -79,15 +80,33 @@ pub struct Writer {
     /// The writer is the only one who changes `topics`, so this cache is the
     /// truth once loaded. Cleared whenever a transaction fails.
     meta: HashMap<String, TopicMeta>,
+    /// Set when a write found no room (SQLITE_FULL), cleared by the next
+    /// commit that holds; the store's health check reads it.
+    full: Arc<AtomicBool>,
 }
 
 impl Writer {
-    pub fn new(conn: Connection, fanout: Arc<Fanout>, retention: Retention) -> Writer {
+    pub fn new(
+        conn: Connection,
+        fanout: Arc<Fanout>,
+        retention: Retention,
+        full: Arc<AtomicBool>,
+    ) -> Writer {
         Writer {
             conn,
             fanout,
             retention,
             meta: HashMap::new(),
+            full,
+        }
+    }
+
+    /// Remembers whether the last transaction found room.
+    fn outcome<T>(&self, result: &Result<T, StoreError>) {
+        let full = matches!(result, Err(StoreError::Full(_)));
+        // Only after a write: a failure of another kind says nothing of room.
+        if full || result.is_ok() {
+            self.full.store(full, Ordering::Relaxed);
         }
     }
 
@@ -110,7 +129,13 @@ impl Writer {
             if !work.is_empty() {
                 self.commit_group(work);
             }
-            if trim && let Err(e) = self.trim_by_age() {
+            let trimmed = if trim { self.trim_by_age() } else { Ok(()) };
+            // A sweep that found no room says so; one that held may have
+            // deleted nothing, which proves no room for a publish.
+            if matches!(trimmed, Err(StoreError::Full(_))) {
+                self.outcome(&trimmed);
+            }
+            if let Err(e) = trimmed {
                 self.meta.clear();
                 tracing::warn!(error = %e, "retention sweep failed; will retry");
             }
@@ -120,7 +145,9 @@ impl Writer {
     fn commit_group(&mut self, work: Vec<Command>) {
         let now = now_ms();
         let mut waiters = Vec::with_capacity(work.len());
-        match self.write(work, now, &mut waiters) {
+        let written = self.write(work, now, &mut waiters);
+        self.outcome(&written);
+        match written {
             Ok(fresh) => {
                 self.fanout.send(&fresh);
                 for waiter in waiters {
