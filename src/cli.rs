@@ -66,6 +66,25 @@ pub enum Command {
         after_help = "Examples:\n  herald token --secret \"$SECRET\" --subscribe 'chat.*' --publish chat.room1 --sub alice\n  HERALD_AUTH_JWT_SECRET=... herald token --enqueue images --work images --ttl 30m\n  export HERALD_TOKEN=$(herald token --admin --ttl 10m)"
     )]
     Token(TokenArgs),
+    /// Copy the embedded database to FILE while the server runs (a
+    /// consistent snapshot; publishing goes on). To restore: stop the
+    /// server, put the copy in the data directory as herald.db (with no
+    /// herald.db-wal or herald.db-shm beside it), start the server.
+    #[command(
+        after_help = "Examples:\n  herald backup /var/backups/herald-$(date +%F).db\n  herald backup --store file:/var/lib/herald herald.db.bak"
+    )]
+    Backup(BackupArgs),
+}
+
+/// `herald backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The server's store: `file:DIR` (or just DIR), as `herald serve
+    /// --store` was given; the database is DIR/herald.db.
+    #[arg(long, env = "HERALD_STORE", default_value = "file:./herald-data")]
+    pub store: String,
+    /// Where to write the copy; must not exist yet.
+    pub file: std::path::PathBuf,
 }
 
 /// `herald token`.

@@ -1,5 +1,6 @@
 //! The `herald` binary: the server (`herald serve`) and the command line
-//! for people and scripts (`herald pub`, `sub`, `task …`).
+//! for people and scripts (`herald pub`, `sub`, `task …`, `token`,
+//! `backup`).
 
 use std::process::ExitCode;
 
@@ -48,6 +49,7 @@ fn run() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(args) => cmd::token::run(args, cmd::Output { json: cli.json }),
+        Command::Backup(args) => cmd::backup::run(&args, cmd::Output { json: cli.json }),
         command => {
             init_logs(false, "warn");
             let mut client = herald_client::Client::new(cli.url.clone())?;

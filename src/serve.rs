@@ -121,9 +121,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     // One plain line on stdout, for scripts and tests that asked for port 0.
     println!("herald listening on {scheme}://{addr}");
-    if let Some(tls) = &tls {
-        reload_on_hangup(tls.clone());
-    }
+    reload_on_hangup(tls.clone());
     herald_server::serve(listener, state, tls, stop).await?;
     tracing::info!("stopped");
     Ok(())
@@ -145,8 +143,10 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Reads the TLS files again on each SIGHUP. New handshakes get what was
 /// read; open connections keep their sessions. A reload that fails keeps
-/// the files in use.
-fn reload_on_hangup(tls: Tls) {
+/// the files in use. Without TLS a SIGHUP is logged and changes nothing:
+/// its default action would end the process, and a service manager's
+/// `reload` sends it whatever the flags.
+fn reload_on_hangup(tls: Option<Tls>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -159,6 +159,10 @@ fn reload_on_hangup(tls: Tls) {
         };
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
+                let Some(tls) = &tls else {
+                    tracing::info!("SIGHUP: nothing to reload (no --tls-cert)");
+                    continue;
+                };
                 let (cert, key) = tls.files();
                 match tls.reload() {
                     Ok(()) => {

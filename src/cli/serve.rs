@@ -161,6 +161,34 @@ pub enum StoreChoice {
     },
 }
 
+impl StoreChoice {
+    /// Reads a `--store` value; `max_bytes` is `--max-db-size`, for the
+    /// embedded store.
+    pub fn parse(text: &str, max_bytes: Option<u64>) -> anyhow::Result<StoreChoice> {
+        Ok(match text.trim() {
+            "memory" => StoreChoice::Memory,
+            uri if uri.starts_with("file:") => {
+                let dir = uri.trim_start_matches("file:").trim_start_matches("//");
+                if dir.is_empty() {
+                    bail!("--store: file: needs a directory, like file:./herald-data");
+                }
+                StoreChoice::File {
+                    dir: PathBuf::from(dir),
+                    max_bytes,
+                }
+            }
+            uri if uri.starts_with("redis://") || uri.starts_with("rediss://") => {
+                StoreChoice::Redis {
+                    url: uri.to_owned(),
+                }
+            }
+            other => bail!(
+                "--store: {other:?} is not a store this build knows (memory, file:DIR, redis://HOST:PORT)"
+            ),
+        })
+    }
+}
+
 /// The files TLS is read from (and read again on SIGHUP).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -237,27 +265,7 @@ impl ServeArgs {
     }
 
     pub fn validate(&self) -> anyhow::Result<ServeConfig> {
-        let store = match self.store.trim() {
-            "memory" => StoreChoice::Memory,
-            uri if uri.starts_with("file:") => {
-                let dir = uri.trim_start_matches("file:").trim_start_matches("//");
-                if dir.is_empty() {
-                    bail!("--store: file: needs a directory, like file:./herald-data");
-                }
-                StoreChoice::File {
-                    dir: PathBuf::from(dir),
-                    max_bytes: self.max_db_size,
-                }
-            }
-            uri if uri.starts_with("redis://") || uri.starts_with("rediss://") => {
-                StoreChoice::Redis {
-                    url: uri.to_owned(),
-                }
-            }
-            other => bail!(
-                "--store: {other:?} is not a store this build knows (memory, file:DIR, redis://HOST:PORT)"
-            ),
-        };
+        let store = StoreChoice::parse(&self.store, self.max_db_size)?;
         if self.retention_events == 0 {
             bail!("--retention-events must be at least 1");
         }

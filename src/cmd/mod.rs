@@ -1,5 +1,5 @@
 //! The client commands: `pub`, `sub` and `task …`, on `herald-client`;
-//! and `token`, which needs no server.
+//! and `token` and `backup`, which need no server.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -10,6 +10,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::cli::{Command, TaskCommand};
 
+pub mod backup;
 mod publish;
 mod subscribe;
 mod task;
@@ -25,7 +26,7 @@ pub struct Output {
 
 pub async fn run(client: Client, out: Output, command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(_) | Command::Token(_) => not_a_client_command(),
+        Command::Serve(_) | Command::Token(_) | Command::Backup(_) => not_a_client_command(),
         Command::Publish(args) => publish::run(&client, out, args).await,
         Command::Subscribe(args) => subscribe::run(&client, out, args).await,
         Command::Task(TaskCommand::Submit(args)) => task::submit(&client, out, args).await,
@@ -36,7 +37,7 @@ pub async fn run(client: Client, out: Output, command: Command) -> anyhow::Resul
 }
 
 fn not_a_client_command() -> anyhow::Result<ExitCode> {
-    anyhow::bail!("serve and token are not client commands")
+    anyhow::bail!("serve, token and backup are not client commands")
 }
 
 /// The argument, or standard input when it is `-` or absent.

@@ -1,7 +1,7 @@
 //! End-to-end tests: the real `herald` binary on an ephemeral port, driven
 //! by clients nobody here wrote (reqwest, tokio-tungstenite,
-//! eventsource-stream, Node's `eventsource`) and by raw sockets where the
-//! exact bytes matter.
+//! eventsource-stream, Node's `eventsource`), also through a real nginx,
+//! and by raw sockets where the exact bytes matter.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
@@ -11,6 +11,7 @@ mod harness;
 mod articles;
 mod auth;
 mod backoff;
+mod backup;
 mod bad_input;
 mod bench_smoke;
 mod browser;
@@ -26,6 +27,7 @@ mod live;
 mod metrics;
 mod node;
 mod parked;
+mod proxy;
 mod publish;
 mod resources;
 mod slow;

@@ -447,6 +447,32 @@ async fn sighup_reloads_the_certificate_under_open_streams() {
     }
 }
 
+/// Without TLS there is nothing to reload, and a SIGHUP (a service
+/// manager's `reload`) must not end the server as its default action
+/// would: a stream opened before goes on, and SIGTERM after it (delivered
+/// after the SIGHUP, which is pending first) still stops it cleanly.
+#[tokio::test]
+async fn sighup_without_tls_changes_nothing() {
+    let mut server = Server::start(&[]);
+    let r = server
+        .client()
+        .get(server.url("/topics/hup"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut stream = r.bytes_stream().eventsource();
+    wait_for_metric(&server, &gauge("sse"), 1.0).await;
+    server.signal("HUP");
+    publish(&server, "hup", "after").await;
+    let event = within("an event after SIGHUP", stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.data, "after");
+    assert!(server.stop().success(), "SIGHUP then SIGTERM exits 0");
+}
+
 // ------------------------------------------ connections that must close
 
 /// Reads until the server closes (or resets) the connection; how long it

@@ -21,6 +21,7 @@ use crate::event::EventId;
 use crate::fanout::{Fanout, Watch};
 use crate::name::Topic;
 
+pub mod backup;
 mod read;
 mod schema;
 mod tasks;
