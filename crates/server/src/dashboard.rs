@@ -12,7 +12,16 @@ use crate::state::AppState;
 
 const TEMPLATE: &str = include_str!("dashboard/index.html");
 const STYLE: &str = include_str!("dashboard/style.css");
-const SCRIPT: &str = include_str!("dashboard/app.js");
+/// One script, in this order: each part uses names the parts before it
+/// define, and `start.js` wires the page once all are defined.
+const SCRIPT: &str = concat!(
+    include_str!("dashboard/api.js"),
+    include_str!("dashboard/overview.js"),
+    include_str!("dashboard/follow.js"),
+    include_str!("dashboard/publish.js"),
+    include_str!("dashboard/tasks.js"),
+    include_str!("dashboard/start.js"),
+);
 
 /// `GET /`: the page, with this build's version and the kind of store.
 pub async fn page(State(state): State<AppState>) -> Response {
