@@ -155,6 +155,35 @@ fn the_load_driver_runs_the_task_cycle() {
     assert!(t["latency"]["max_ms"].as_f64().unwrap() > 0.0, "{t}");
 }
 
+/// Producers waiting for their own results beside workers: the mode
+/// reports a rate and latency, and every task was told exactly once (its
+/// own result, the workers' and the server's counts agreeing).
+#[test]
+fn the_load_driver_runs_producers_beside_workers() {
+    let server = Server::start(&[]);
+    let c = run(
+        &server,
+        &[
+            "cycle",
+            "--producers",
+            "4",
+            "--workers",
+            "2",
+            "--secs",
+            "1",
+            "--warmup",
+            "0.2",
+        ],
+    );
+    assert_eq!(c["exactly_once"], true, "{c}");
+    assert_eq!(c["errors"], 0, "{c}");
+    assert!(c["tasks"].as_u64().unwrap() > 0, "{c}");
+    assert!(c["tasks_per_s"].as_u64().unwrap() > 0, "{c}");
+    assert_eq!(c["told"], c["sent"], "{c}");
+    assert_eq!(c["server"]["succeeded"], c["told"], "{c}");
+    assert!(c["latency"]["p99_ms"].as_f64().is_some(), "{c}");
+}
+
 #[test]
 fn the_load_driver_measures_the_kernel_floor_without_a_server() {
     let f = run_args(

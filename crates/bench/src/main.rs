@@ -16,6 +16,7 @@
 // a failed runtime start): failing loudly is the right outcome for a bench.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cycle;
 mod fanout;
 mod floor;
 mod http1;
@@ -43,8 +44,8 @@ use crate::net::Target;
 #[command(
     name = "herald-bench",
     about = "Load driver for a running herald: idle subscribers, fan-out, many topics, \
-             parked long polls, publish throughput, the task cycle, subscribers that stop \
-             reading, a reconnect storm replaying a topic's history; and the kernel's own \
+             parked long polls, publish throughput, the task cycle, producers and workers \
+             side by side, subscribers that stop reading, a reconnect storm replaying a topic's history; and the kernel's own \
              fan-out floor, with no server",
     after_help = "The store is whatever the server was started with: start a memory-store \
                   or a file-store server to measure either. Pin the server and the driver \
@@ -53,11 +54,13 @@ use crate::net::Target;
                   taskset -c 1 herald-bench --server-pid $(pgrep -n herald) fanout --subs 1000 --events 20000\n  \
                   taskset -c 1 herald-bench --server-pid $(pgrep -n herald) publish --publishers 64\n  \
                   taskset -c 1 herald-bench --server-pid $(pgrep -n herald) tasks --workers 16\n  \
+                  taskset -c 1 herald-bench --server-pid $(pgrep -n herald) cycle --producers 16 --workers 16 --wait long-poll\n  \
                   taskset -c 1 herald-bench --server-pid $(pgrep -n herald) stuck --stuck 2000 --events 50000\n  \
                   taskset -c 1 herald-bench --server-pid $(pgrep -n herald) storm --clients 2000 --history 1000\n  \
                   taskset -c 1 herald-bench floor --subs 1000   (no server: the sender on core 0)\n\n\
                   `cargo bench --bench publish` and `cargo bench --bench tasks` measure the \
-                  same with a server of their own, over every store.\n\n\
+                  same with a server of their own, over every store; \
+                  benches/tasks-vs-bullmq.sh sets `cycle`'s shape beside BullMQ's.\n\n\
                   Against a server with authorization on, set HERALD_TOKEN to a token with \
                   `admin` (for /metrics) and the scopes the mode uses (`publish` supports it)."
 )]
@@ -152,6 +155,39 @@ enum Mode {
         /// while fewer wait, so this also bounds the tasks in flight.
         #[arg(long, default_value_t = 256)]
         waiters: usize,
+    },
+    /// Producers and workers side by side, as an application uses a queue:
+    /// P producers each enqueue a small JSON task and wait for its result,
+    /// over and over; W workers complete each at once. Tasks/s, enqueue →
+    /// result latency and the server's CPU per task over `--secs` after a
+    /// warm-up; checks that every task was told exactly once, with its own
+    /// result, and that the server's `herald_tasks` counts agree.
+    Cycle {
+        /// Producers, each one task in flight on its own connection.
+        #[arg(long, default_value_t = 16)]
+        producers: usize,
+        /// Workers, each on its own connection (`http`) or socket (`ws`).
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
+        /// How a producer waits for its result.
+        #[arg(long, value_enum, default_value_t = cycle::Wait::LongPoll)]
+        wait: cycle::Wait,
+        /// How a worker takes and completes tasks.
+        #[arg(long, value_enum, default_value_t = cycle::Work::Http)]
+        worker: cycle::Work,
+        /// Tasks a `--worker ws` socket holds at once (its `count=`).
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Measured seconds (after the warm-up).
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Seconds run before measuring.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// The queue; by default a fresh one per run, so the server's
+        /// counts are the run's own.
+        #[arg(long)]
+        queue: Option<String>,
     },
     /// Issue 14: S subscribers that stop reading (4 KiB receive buffer)
     /// beside F that read everything, on one topic, and M events of
@@ -250,6 +286,11 @@ impl Mode {
             Mode::Tasks {
                 workers, waiters, ..
             } => workers + waiters + 2,
+            // The producers' (one more each, briefly, for a WebSocket
+            // wait), the workers' and /metrics'.
+            Mode::Cycle {
+                producers, workers, ..
+            } => 2 * producers + workers + 1,
             // The subscribers', the publishers' and two for /metrics.
             Mode::Stuck {
                 stuck,
@@ -381,6 +422,29 @@ async fn run(cli: Cli, nofile: u64) -> bool {
                 queue,
             };
             tasks::tasks(&t, load).await
+        }
+        Mode::Cycle {
+            producers,
+            workers,
+            wait,
+            worker,
+            count,
+            secs,
+            warmup,
+            queue,
+        } => {
+            let queue = queue.unwrap_or_else(|| format!("cycle-{}", publish::epoch_us()));
+            let load = cycle::Load {
+                producers,
+                workers,
+                count,
+                secs,
+                warmup,
+                wait,
+                work: worker,
+                queue,
+            };
+            cycle::cycle(&t, load).await
         }
         Mode::Stuck {
             stuck,

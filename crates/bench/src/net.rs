@@ -245,10 +245,10 @@ pub fn http() -> reqwest::Client {
     // (an error says one is installed already).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(auth) = authorization() {
-        if let Ok(value) = reqwest::header::HeaderValue::try_from(auth) {
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-        }
+    if let Some(auth) = authorization()
+        && let Ok(value) = reqwest::header::HeaderValue::try_from(auth)
+    {
+        headers.insert(reqwest::header::AUTHORIZATION, value);
     }
     reqwest::Client::builder()
         .default_headers(headers)

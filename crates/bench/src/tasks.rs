@@ -33,9 +33,9 @@ const CLAIM_WAIT: u32 = 1;
 /// How long a waiting client's long poll lasts before it asks again.
 const TASK_WAIT: u32 = 30;
 /// The longest any one request may take before it counts as an error.
-const PATIENCE: Duration = Duration::from_secs(60);
+pub const PATIENCE: Duration = Duration::from_secs(60);
 /// The header that carries a claim's lease token back on `complete`.
-const LEASE_HEADER: &str = "Herald-Lease";
+pub const LEASE_HEADER: &str = "Herald-Lease";
 
 /// What a run is asked to do.
 pub struct Load {
@@ -48,16 +48,21 @@ pub struct Load {
 
 /// Failures by description, shared by every part of a run.
 #[derive(Clone, Default)]
-struct Errors(Arc<Mutex<BTreeMap<String, u64>>>);
+pub struct Errors(Arc<Mutex<BTreeMap<String, u64>>>);
 
 impl Errors {
-    fn add(&self, what: impl Into<String>) {
+    pub fn add(&self, what: impl Into<String>) {
         // A std Mutex: held for one map update, never across an await.
         *self.0.lock().unwrap().entry(what.into()).or_default() += 1;
     }
 
-    fn total(&self) -> u64 {
+    pub fn total(&self) -> u64 {
         self.0.lock().unwrap().values().sum()
+    }
+
+    /// Every failure so far, by description.
+    pub fn kinds(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap().clone()
     }
 }
 
@@ -85,7 +90,7 @@ impl Pool {
 }
 
 /// Sends one request with [`PATIENCE`]; `Err` describes what went wrong.
-async fn send(conn: &mut Conn, req: &[u8], what: &str) -> Result<Answer, String> {
+pub async fn send(conn: &mut Conn, req: &[u8], what: &str) -> Result<Answer, String> {
     match tokio::time::timeout(PATIENCE, conn.send(req)).await {
         Ok(Ok(a)) => Ok(a),
         Ok(Err(e)) => Err(format!("{what}: {e}")),
@@ -98,7 +103,7 @@ async fn send(conn: &mut Conn, req: &[u8], what: &str) -> Result<Answer, String>
 }
 
 /// `Err` naming the status and body of an unexpected answer.
-fn unexpected(what: &str, a: &Answer) -> String {
+pub fn unexpected(what: &str, a: &Answer) -> String {
     format!(
         "{what}: HTTP {} {}",
         a.status,
@@ -147,7 +152,7 @@ pub async fn tasks(t: &Target, load: Load) -> (Value, bool) {
             "server counts {succeeded} succeeded tasks, {told} waiting clients were told"
         ));
     }
-    let kinds = errors.0.lock().unwrap().clone();
+    let kinds = errors.kinds();
     for (what, n) in &kinds {
         eprintln!("tasks: {n} × {what}");
     }
