@@ -499,3 +499,51 @@ async fn a_crash_loses_no_acknowledged_completion_and_every_task_finishes_once()
         assert_eq!(get_task(&server, id).await["result"], results[id]);
     }
 }
+
+#[tokio::test]
+async fn the_client_worker_uses_the_socket_and_enqueue_and_wait_gets_the_result() {
+    use herald_client::{Client, Payload, WaitOutcome, Worker};
+    let server = Server::start(&[]);
+    let c = Client::new(server.url("")).expect("client");
+    // Nobody works yet: the wait runs out with the task as it is.
+    let how = c
+        .enqueue_and_wait("wk", Payload::Text("0".into()), Duration::ZERO)
+        .await
+        .expect("enqueue");
+    let WaitOutcome::TimedOut(Some(first)) = how else {
+        panic!("{how:?}")
+    };
+    assert_eq!(first.status, "queued");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(Worker::new(c.clone(), "wk").concurrency(2).run(
+        |task, progress| async move {
+            progress.report(Some(0.5), None).await.ok();
+            Ok(Payload::Text(format!(
+                "did {}",
+                task.payload.as_str().unwrap_or("?")
+            )))
+        },
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    wait_for_metric(&server, "herald_worker_sockets", 1.0).await;
+    for n in 1..4 {
+        let how = c
+            .enqueue_and_wait("wk", Payload::Text(n.to_string()), Duration::from_secs(30))
+            .await
+            .expect("enqueue and wait");
+        let WaitOutcome::Finished(t) = how else {
+            panic!("{how:?}")
+        };
+        assert_eq!(t.result, Some(json!(format!("did {n}"))));
+    }
+    let _ = stop_tx.send(());
+    within("the worker stops", run)
+        .await
+        .expect("run")
+        .expect("ok");
+    wait_for_metric(&server, "herald_worker_sockets", 0.0).await;
+    assert_eq!(get_task(&server, &first.id).await["result"], "did 0");
+}
