@@ -37,3 +37,4 @@ mod timeouts;
 mod tls;
 mod transports;
 mod ways_in;
+mod worker_ws;

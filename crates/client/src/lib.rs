@@ -34,6 +34,7 @@ mod error;
 mod subscribe;
 mod tasks;
 mod worker;
+mod worker_socket;
 
 pub use error::Error;
 pub use subscribe::{Connection, Cursor, Delivery, Subscription, Transport};

@@ -175,6 +175,59 @@ impl Client {
         .await
     }
 
+    /// Enqueues a task and waits up to `wait` for it to finish, in one
+    /// round trip when the server's long-poll cap allows (`?wait=`): the
+    /// way to call a worker like a function. Retried like
+    /// [`Client::enqueue`], under one idempotency key, so a retry waits on
+    /// the task already enqueued instead of adding another.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), herald_client::Error> {
+    /// use std::time::Duration;
+    /// use herald_client::{Client, Payload, WaitOutcome};
+    /// let client = Client::new("http://127.0.0.1:7171")?;
+    /// let how = client.enqueue_and_wait("thumbs", Payload::Text("cat.png".into()), Duration::from_secs(30));
+    /// if let WaitOutcome::Finished(task) = how.await? {
+    ///     println!("{}: {:?}", task.status, task.result);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn enqueue_and_wait(
+        &self,
+        queue: &str,
+        payload: Payload,
+        wait: Duration,
+    ) -> Result<WaitOutcome, Error> {
+        let deadline = Instant::now() + wait;
+        let key = uuid::Uuid::new_v4().to_string();
+        let (finished, task) = retry(|| async {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let url = self.url(&format!(
+                "/queues/{}/tasks?wait={:.3}",
+                encode(queue),
+                left.as_secs_f64()
+            ));
+            let request = self.http().post(&url).header("idempotency-key", &key);
+            let response = with_payload(request, &payload).send().await?;
+            match response.status().as_u16() {
+                200 => Ok((true, response.json::<Task>().await?)),
+                408 => Ok((false, response.json::<Task>().await?)),
+                _ => Err(error::from_response(response).await),
+            }
+        })
+        .await?;
+        if finished {
+            return Ok(WaitOutcome::Finished(task));
+        }
+        // The server's long-poll cap may be shorter than `wait`.
+        let ttl = deadline.saturating_duration_since(Instant::now());
+        if ttl.is_zero() {
+            return Ok(WaitOutcome::TimedOut(Some(task)));
+        }
+        self.wait(&task.id, Wait::LongPoll { ttl }, |_| {}).await
+    }
+
     /// The task as it is now (finished or not).
     ///
     /// ```no_run

@@ -1,5 +1,6 @@
-//! Workers: claim tasks by long poll, report progress, complete or fail —
-//! several at once, stopping gracefully.
+//! Workers: take tasks from the worker socket (or claim them by long poll
+//! from a server without one), report progress, complete or fail — several
+//! at once, stopping gracefully.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::error::{self, Error};
 use crate::tasks::{Payload, Task, with_payload};
+use crate::worker_socket::{self, Link, Refused};
 use crate::{Client, encode};
 
 /// A task this worker holds, with the lease that proves it.
@@ -46,11 +48,20 @@ pub struct Progress {
     client: Client,
     id: String,
     token: String,
+    /// The socket the task came by, while it lasts.
+    link: Option<Arc<Link>>,
 }
 
 impl Progress {
     /// Reports progress (0–1) and a message.
     pub async fn report(&self, progress: Option<f64>, message: Option<&str>) -> Result<(), Error> {
+        if let Some(link) = &self.link
+            && let Some(answer) = link
+                .progress((&self.id, &self.token), progress, message)
+                .await
+        {
+            return answer.map(drop);
+        }
         self.client
             .post_report(
                 &self.id,
@@ -215,7 +226,7 @@ impl Worker {
         }
     }
 
-    /// How many tasks run at once (each its own claim loop).
+    /// How many tasks run at once (the socket's `count`).
     pub fn concurrency(mut self, n: usize) -> Worker {
         self.concurrency = n.max(1);
         self
@@ -227,15 +238,20 @@ impl Worker {
         self
     }
 
-    /// How long each claim waits for work.
+    /// How long each claim waits for work (when claiming by HTTP).
     pub fn claim_wait(mut self, wait: Duration) -> Worker {
         self.wait = wait;
         self
     }
 
-    /// Claims and handles tasks until `shutdown` resolves; then stops
-    /// claiming, lets running handlers finish and reports them, and returns.
+    /// Takes and handles tasks until `shutdown` resolves; then stops
+    /// taking, lets running handlers finish and reports them, and returns.
     /// `Ok(result)` completes a task; `Err(failure)` fails it.
+    ///
+    /// Tasks come over one WebSocket (`GET /queues/{queue}/work`), which
+    /// holds up to [`Worker::concurrency`] of them; it reconnects with
+    /// backoff when dropped. A server without that route, or a `wss://`
+    /// this client cannot open, is worked by HTTP claims instead.
     pub async fn run<F, Fut>(
         self,
         handler: F,
@@ -247,22 +263,128 @@ impl Worker {
     {
         let handler = Arc::new(handler);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut loops = JoinSet::new();
-        for _ in 0..self.concurrency {
-            loops.spawn(claim_loop(
-                self.clone(),
-                Arc::clone(&handler),
-                stop_rx.clone(),
-            ));
-        }
+        let session = tokio::spawn(socket_loop(self, handler, stop_rx));
         shutdown.await;
         let _ = stop_tx.send(true);
+        if let Err(e) = session.await {
+            tracing::error!(error = %e, "the worker panicked");
+        }
+        Ok(())
+    }
+
+    /// The HTTP way: one claim loop per slot, until stopped.
+    async fn claim_loops<F, Fut>(self, handler: Arc<F>, stop: watch::Receiver<bool>)
+    where
+        F: Fn(Task, Progress) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Payload, Failure>> + Send + 'static,
+    {
+        let mut loops = JoinSet::new();
+        for _ in 0..self.concurrency {
+            loops.spawn(claim_loop(self.clone(), Arc::clone(&handler), stop.clone()));
+        }
         while let Some(done) = loops.join_next().await {
             if let Err(e) = done {
                 tracing::error!(error = %e, "a worker loop panicked");
             }
         }
-        Ok(())
+    }
+}
+
+/// Holds the worker socket open (reconnecting with backoff) and runs each
+/// task it hands out; on stop, closes it and waits for running handlers.
+async fn socket_loop<F, Fut>(worker: Worker, handler: Arc<F>, mut stop: watch::Receiver<bool>)
+where
+    F: Fn(Task, Progress) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Payload, Failure>> + Send + 'static,
+{
+    let mut running = JoinSet::new();
+    let mut backoff = Duration::from_millis(100);
+    while !*stop.borrow() {
+        let connected = tokio::select! {
+            c = worker_socket::connect(&worker.client, &worker.queue, worker.lease, worker.concurrency) => c,
+            _ = stop.changed() => break,
+        };
+        let mut socket = match connected {
+            Ok(s) => s,
+            Err(Refused::Unsupported) => {
+                worker
+                    .clone()
+                    .claim_loops(Arc::clone(&handler), stop.clone())
+                    .await;
+                break;
+            }
+            Err(Refused::Failed(e)) => {
+                tracing::warn!(error = %e, "opening the worker socket failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let mut closing = false;
+        loop {
+            let next = tokio::select! {
+                next = socket.next_task() => next,
+                _ = stop.changed(), if !closing => {
+                    // The server stops handing out tasks when it reads the
+                    // close; those already sent are still run below.
+                    closing = true;
+                    socket.close().await;
+                    continue;
+                }
+                Some(done) = running.join_next() => {
+                    if let Err(e) = done {
+                        tracing::error!(error = %e, "a task handler panicked");
+                    }
+                    continue;
+                }
+            };
+            let Some(claimed) = next else { break };
+            let (client, link) = (worker.client.clone(), Arc::clone(&socket.link));
+            running.spawn(run_one(client, Some(link), claimed, Arc::clone(&handler)));
+        }
+        if !closing && !*stop.borrow() {
+            tracing::warn!("the worker socket closed; reconnecting");
+        }
+    }
+    while let Some(done) = running.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "a task handler panicked");
+        }
+    }
+}
+
+/// Runs one task and reports its outcome: over the socket it came by while
+/// that lasts, else by HTTP (retried under one `Idempotency-Key`).
+async fn run_one<F, Fut>(client: Client, link: Option<Arc<Link>>, claimed: Claimed, handler: Arc<F>)
+where
+    F: Fn(Task, Progress) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Payload, Failure>> + Send + 'static,
+{
+    let progress = Progress {
+        client: client.clone(),
+        id: claimed.task.id.clone(),
+        token: claimed.token.clone(),
+        link: link.clone(),
+    };
+    let outcome = handler(claimed.task.clone(), progress).await;
+    let by_socket = match &link {
+        Some(link) => link.finish(&claimed, &outcome).await,
+        None => None,
+    };
+    let reported = match by_socket {
+        Some(answer) => answer.map(drop),
+        None => match &outcome {
+            Ok(result) => client.complete(&claimed, result).await.map(drop),
+            Err(failure) => client.fail(&claimed, failure).await.map(drop),
+        },
+    };
+    if let Err(e) = reported {
+        // 409: the lease was lost or the task cancelled; nothing to do.
+        tracing::warn!(task = %claimed.task.id, error = %e, "reporting the outcome failed");
     }
 }
 
@@ -291,20 +413,7 @@ where
             }
         };
         backoff = Duration::from_millis(100);
-        let progress = Progress {
-            client: worker.client.clone(),
-            id: claimed.task.id.clone(),
-            token: claimed.token.clone(),
-        };
-        let outcome = handler(claimed.task.clone(), progress).await;
-        let reported = match outcome {
-            Ok(result) => worker.client.complete(&claimed, &result).await,
-            Err(failure) => worker.client.fail(&claimed, &failure).await,
-        };
-        if let Err(e) = reported {
-            // 409: the lease was lost or the task cancelled; nothing to do.
-            tracing::warn!(task = %claimed.task.id, error = %e, "reporting the outcome failed");
-        }
+        run_one(worker.client.clone(), None, claimed, Arc::clone(&handler)).await;
     }
 }
 

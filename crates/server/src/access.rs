@@ -140,6 +140,8 @@ pub fn need(method: &Method, path: &str, query: Option<&str>) -> Need {
         (_, ["api", "queue"]) => one(Kind::Enqueue, ARTICLE_QUEUE),
         (_, ["queues", q, "tasks"]) if !get => one(Kind::Enqueue, &decoded(q)),
         (_, ["queues", q, "claim"]) => one(Kind::Work, &decoded(q)),
+        // The worker socket claims from the queue as `claim` does.
+        (_, ["queues", q, "work"]) => one(Kind::Work, &decoded(q)),
         // The listings of issue 16: `GET /topics`, `/queues`,
         // `/queues/{q}/tasks`.
         (true, ["topics"] | ["queues"] | ["queues", _, "tasks"]) => {
@@ -328,6 +330,12 @@ mod tests {
             actions(&need(&post, "/queues/q/claim", None)),
             [(Kind::Work, "q")]
         );
+        for m in [&get, &Method::CONNECT] {
+            assert_eq!(
+                actions(&need(m, "/queues/q/work", Some("count=4"))),
+                [(Kind::Work, "q")]
+            );
+        }
         assert_eq!(actions(&need(&get, "/metrics", None)), [(Kind::Admin, "")]);
         for token_only in [
             "/sse",

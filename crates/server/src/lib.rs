@@ -35,6 +35,7 @@ mod task_stream;
 mod tasks;
 pub mod tls;
 pub mod transport;
+mod work;
 
 pub use error::ApiError;
 pub use ops::describe_metrics;
@@ -73,6 +74,10 @@ pub fn app(state: AppState) -> Router {
             get(inspect::tasks).post(tasks::enqueue),
         )
         .route("/queues/{queue}/claim", post(tasks::claim))
+        .route(
+            "/queues/{queue}/work",
+            get(work::handle).connect(work::handle),
+        )
         .route("/tasks/{id}", get(tasks::get).delete(tasks::cancel))
         .route(
             "/tasks/{id}/events",

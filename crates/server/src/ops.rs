@@ -132,6 +132,11 @@ pub fn describe_metrics() {
         "Requests refused by a limit or a rule, by reason (connections, subscriptions, publish_rate, topics_per_subscription, unauthorized, forbidden)."
     );
     metrics::describe_gauge!("herald_tasks", "Tasks by queue and status.");
+    metrics::gauge!("herald_worker_sockets").increment(0.0);
+    metrics::describe_gauge!(
+        "herald_worker_sockets",
+        "Open worker sockets (GET /queues/{queue}/work)."
+    );
     metrics::describe_histogram!(
         "herald_task_run_seconds",
         "Time from a task's start to its end, by queue."

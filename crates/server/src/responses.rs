@@ -30,6 +30,7 @@ pub enum Route {
     Queues,
     QueueTasks,
     QueueClaim,
+    QueueWork,
     Task,
     TaskEvents,
     TaskProgress,
@@ -40,7 +41,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in the order of the table.
-    pub const ALL: [Route; 19] = [
+    pub const ALL: [Route; 20] = [
         Route::Dashboard,
         Route::Healthz,
         Route::Metrics,
@@ -54,6 +55,7 @@ impl Route {
         Route::Queues,
         Route::QueueTasks,
         Route::QueueClaim,
+        Route::QueueWork,
         Route::Task,
         Route::TaskEvents,
         Route::TaskProgress,
@@ -78,6 +80,7 @@ impl Route {
             Route::Queues => "/queues",
             Route::QueueTasks => "/queues/{queue}/tasks",
             Route::QueueClaim => "/queues/{queue}/claim",
+            Route::QueueWork => "/queues/{queue}/work",
             Route::Task => "/tasks/{id}",
             Route::TaskEvents => "/tasks/{id}/events",
             Route::TaskProgress => "/tasks/{id}/progress",
@@ -113,6 +116,7 @@ impl Route {
             [Some("queues"), None, ..] => Route::Queues,
             [Some("queues"), Some(q), Some("tasks"), None] if named(q) => Route::QueueTasks,
             [Some("queues"), Some(q), Some("claim"), None] if named(q) => Route::QueueClaim,
+            [Some("queues"), Some(q), Some("work"), None] if named(q) => Route::QueueWork,
             [Some("tasks"), Some(id), None, _] if named(id) => Route::Task,
             [Some("tasks"), Some(id), Some(what), None] if named(id) => match what {
                 "events" => Route::TaskEvents,
@@ -216,6 +220,7 @@ mod tests {
             ("/queues", Route::Queues),
             ("/queues/q/tasks", Route::QueueTasks),
             ("/queues/q/claim", Route::QueueClaim),
+            ("/queues/q/work", Route::QueueWork),
             ("/queues/q", Route::Other),
             ("/tasks/x", Route::Task),
             ("/tasks/x/events", Route::TaskEvents),

@@ -91,7 +91,9 @@ fn backoff(query: &Query) -> Result<Backoff, ApiError> {
     })
 }
 
-/// `POST /queues/{queue}/tasks[?max_attempts=N][&backoff=none|DURATION]`.
+/// `POST /queues/{queue}/tasks[?max_attempts=N][&backoff=none|DURATION][&wait=SECONDS]`:
+/// `201`; with `wait`, answered as `GET /tasks/{id}?wait=` once enqueued
+/// (`200` finished, `408` not yet), with `Location: /tasks/{id}`.
 pub async fn enqueue(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -103,6 +105,8 @@ pub async fn enqueue(
     let query = Query::parse(raw.as_deref());
     let max_attempts = query.integer("max_attempts", DEFAULT_ATTEMPTS, 1, 100)?;
     let backoff = backoff(&query)?;
+    // Checked before anything is stored: a bad `wait` enqueues nothing.
+    let wait = wait(&state, &query)?;
     let idempotency_key = crate::publish::idempotency_key(&headers)?;
     let new = NewTask {
         queue,
@@ -116,13 +120,46 @@ pub async fn enqueue(
         .enqueue(new)
         .await
         .map_err(|e| ApiError::from(e).keyed(idempotency_key.as_deref()))?;
-    let mut response = task_response(StatusCode::CREATED, &task, position);
+    let mut response = match wait {
+        None => task_response(StatusCode::CREATED, &task, position),
+        Some(wait) => {
+            let id = task.id;
+            let mut response = waited(&state, id, wait).await?;
+            if let Ok(location) = HeaderValue::try_from(format!("/tasks/{id}")) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+    };
     if replayed {
         response
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// `wait` in seconds (capped at `--long-poll-max`), if the query has one.
+fn wait(state: &AppState, query: &Query) -> Result<Option<Duration>, ApiError> {
+    if query.get("wait").is_none() {
+        return Ok(None);
+    }
+    let secs = query.seconds("wait", 0.0, 1e9)?;
+    Ok(Some(
+        Duration::from_secs_f64(secs).min(state.config().long_poll_max),
+    ))
+}
+
+/// Long polls task `id`: `200` once finished, `408` with the task itself
+/// when `wait` runs out first.
+async fn waited(state: &AppState, id: TaskId, wait: Duration) -> Result<Response, ApiError> {
+    let _gauge = crate::transport::SubscriptionGauge::open(crate::negotiate::Transport::LongPoll);
+    Ok(match state.tasks().wait(id, wait).await? {
+        Waited::Finished(task) => task_response(StatusCode::OK, &task, None),
+        Waited::TimedOut(task, position) => {
+            task_response(StatusCode::REQUEST_TIMEOUT, &task, position)
+        }
+    })
 }
 
 /// `GET /tasks/{id}[?wait=SECONDS]`: `200` finished, `202` not yet (short
@@ -136,18 +173,8 @@ pub async fn get(
     let id = path_id(path)?;
     allow_task(&state, &caller, id, Scope::Enqueue).await?;
     let query = Query::parse(raw.as_deref());
-    if query.get("wait").is_some() {
-        let max = state.config().long_poll_max;
-        let secs = query.seconds("wait", 0.0, 1e9)?;
-        let wait = Duration::from_secs_f64(secs).min(max);
-        let _gauge =
-            crate::transport::SubscriptionGauge::open(crate::negotiate::Transport::LongPoll);
-        return Ok(match state.tasks().wait(id, wait).await? {
-            Waited::Finished(task) => task_response(StatusCode::OK, &task, None),
-            Waited::TimedOut(task, position) => {
-                task_response(StatusCode::REQUEST_TIMEOUT, &task, position)
-            }
-        });
+    if let Some(wait) = wait(&state, &query)? {
+        return waited(&state, id, wait).await;
     }
     let (task, position) = state.tasks().get(id).await?.ok_or(ApiError::NotFound)?;
     let status = if task.status.is_finished() {
@@ -176,6 +203,19 @@ pub async fn cancel(
     Ok(task_response(status, &task, None))
 }
 
+/// `lease` of a claim (the claim route's and the worker socket's): seconds,
+/// default 30, from 0.001 to 3600.
+pub fn lease_secs(query: &Query) -> Result<f64, ApiError> {
+    let lease = query.seconds("lease", DEFAULT_LEASE_SECS, MAX_LEASE_SECS)?;
+    if lease < 0.001 {
+        return Err(ApiError::bad_query(
+            "lease",
+            "must be at least 0.001 seconds",
+        ));
+    }
+    Ok(lease)
+}
+
 /// `POST /queues/{queue}/claim?wait=SECONDS&lease=SECONDS`: long poll for
 /// work. `200 {"task","lease":{"expires","token"}}` or `204`.
 pub async fn claim(
@@ -187,13 +227,7 @@ pub async fn claim(
     let query = Query::parse(raw.as_deref());
     let max = state.config().long_poll_max;
     let wait = Duration::from_secs_f64(query.seconds("wait", 0.0, 1e9)?).min(max);
-    let lease = query.seconds("lease", DEFAULT_LEASE_SECS, MAX_LEASE_SECS)?;
-    if lease < 0.001 {
-        return Err(ApiError::bad_query(
-            "lease",
-            "must be at least 0.001 seconds",
-        ));
-    }
+    let lease = lease_secs(&query)?;
     let Some(task) = state.tasks().claim(&queue, lease, wait).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };

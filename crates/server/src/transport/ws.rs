@@ -62,13 +62,28 @@ where
     F: FnOnce(WebSocket) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    upgrade_sized(state, upgrade, MAX_MESSAGE, serve)
+}
+
+/// [`upgrade`] for a socket whose client sends more than close and pong (a
+/// worker's results): messages up to `max_message` bytes.
+pub fn upgrade_sized<F, Fut>(
+    state: &AppState,
+    upgrade: WebSocketUpgrade,
+    max_message: usize,
+    serve: F,
+) -> Response
+where
+    F: FnOnce(WebSocket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let sockets = state.sockets().clone();
     upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
-        .max_message_size(MAX_MESSAGE)
-        .max_frame_size(MAX_MESSAGE)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
         .on_upgrade(move |socket| {
             let token = sockets.token();
             async move {
