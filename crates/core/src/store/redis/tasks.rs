@@ -27,7 +27,7 @@ use crate::error::StoreError;
 use crate::event::now_ms;
 use crate::name::Topic;
 use crate::task::machine::{self, Decision};
-use crate::task::{NewTask, Op, Status, Task, TaskError, TaskId, TaskStore, Updated};
+use crate::task::{Lease, NewTask, Op, Status, Task, TaskError, TaskId, TaskStore, Updated};
 
 /// Rounds of compare-and-set before giving up on a hotly contended task.
 const CAS_ROUNDS: usize = 32;
@@ -231,6 +231,39 @@ impl RedisStore {
         json.map(Ok).ok_or(TaskError::NotFound)
     }
 
+    /// Claims the oldest claimable task of `queue` at `now` under `lease`
+    /// (made by the state machine), sent under the write id of `mark`.
+    async fn claim_as(
+        &self,
+        queue: &Topic,
+        lease: Lease,
+        now: u64,
+        mark: &Mark,
+    ) -> Result<Option<Task>, TaskError> {
+        let lease_json =
+            serde_json::to_string(&lease).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let mut invocation = self.scripts.claim.prepare_invoke();
+        invocation
+            .arg(queue.as_str())
+            .arg(now)
+            .arg(&lease.token)
+            .arg(lease_json)
+            .arg(lease.expires_ms)
+            .arg(&mark.id)
+            .arg(mark.ttl.as_secs());
+        let json: Option<String> = self.write("claiming a task", &invocation).await?;
+        let Some(json) = json else { return Ok(None) };
+        let task = decode(&json)?;
+        // Sent again after a lost answer, the claim is answered with the
+        // task it claimed, as it is now: if that lease has already run out
+        // and another worker holds it, this claim got nothing.
+        if task.lease.as_ref().map(|l| &l.token) != Some(&lease.token) {
+            return Ok(None);
+        }
+        self.hints.note(task.id, task.status, &json);
+        Ok(Some(task))
+    }
+
     /// Applies `decide` to the current task until the write holds.
     async fn change<F>(&self, id: TaskId, mark: &Mark, mut decide: F) -> Result<Updated, TaskError>
     where
@@ -354,30 +387,13 @@ impl TaskStore for RedisStore {
 
     async fn claim(&self, queue: &Topic, lease_secs: f64) -> Result<Option<Task>, TaskError> {
         let now = now_ms();
-        let lease = machine::lease(now, lease_secs);
-        let lease_json =
-            serde_json::to_string(&lease).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let mark = Mark::internal();
-        let mut invocation = self.scripts.claim.prepare_invoke();
-        invocation
-            .arg(queue.as_str())
-            .arg(now)
-            .arg(&lease.token)
-            .arg(lease_json)
-            .arg(lease.expires_ms)
-            .arg(&mark.id)
-            .arg(mark.ttl.as_secs());
-        let json: Option<String> = self.write("claiming a task", &invocation).await?;
-        let Some(json) = json else { return Ok(None) };
-        let task = decode(&json)?;
-        // Sent again after a lost answer, the claim is answered with the
-        // task it claimed, as it is now: if that lease has already run out
-        // and another worker holds it, this claim got nothing.
-        if task.lease.as_ref().map(|l| &l.token) != Some(&lease.token) {
-            return Ok(None);
-        }
-        self.hints.note(task.id, task.status, &json);
-        Ok(Some(task))
+        self.claim_as(
+            queue,
+            machine::lease(now, lease_secs),
+            now,
+            &Mark::internal(),
+        )
+        .await
     }
 
     async fn update(&self, id: TaskId, op: Op, key: Option<&str>) -> Result<Updated, TaskError> {
@@ -502,3 +518,7 @@ impl TaskStore for RedisStore {
         Some(self.queue_signals())
     }
 }
+
+#[cfg(test)]
+#[path = "tasks_tests.rs"]
+mod tests;
