@@ -91,12 +91,18 @@ pub fn claim(task: &Task, now: u64, lease_secs: f64) -> Task {
     t.started_ms = Some(now);
     t.updated_ms = now;
     t.available_ms = None;
-    t.lease = Some(Lease {
+    t.lease = Some(lease(now, lease_secs));
+    t
+}
+
+/// The fresh lease a claim at `now` hands out (a store that claims in one
+/// step of its own, as Redis does, takes it from here).
+pub fn lease(now: u64, lease_secs: f64) -> Lease {
+    Lease {
         token: uuid::Uuid::new_v4().simple().to_string(),
         expires_ms: now + lease_ms(lease_secs),
         secs: lease_secs,
-    });
-    t
+    }
 }
 
 fn finish(mut t: Task, status: Status, now: u64) -> (Task, Emit) {

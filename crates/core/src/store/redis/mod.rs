@@ -10,8 +10,9 @@
 //!   subscriber or per topic. After that connection is lost and restored,
 //!   the node re-reads the topics it serves from the streams, so no live
 //!   subscriber misses an event.
-//! - Tasks ([`tasks`]) are JSON values changed by compare-and-set scripts,
-//!   so the state machine runs in Rust and stays the same on every store.
+//! - Tasks ([`tasks`]) are JSON values; every state change is one script
+//!   call. The Rust state machine decides each change and a compare-and-set
+//!   script writes it, except a claim, which one script finds and makes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use crate::event::{Event, EventId};
 use crate::fanout::{Fanout, Watch};
 use crate::name::{EventType, Topic};
 
+mod hints;
 mod live;
 mod resend;
 mod tasks;
@@ -34,9 +36,16 @@ mod tasks;
 pub use live::QueueSignal;
 
 const APPEND: &str = include_str!("append.lua");
+const SETTLE: &str = include_str!("settle.lua");
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{APPEND}\n{body}"))
+}
+
+/// A script that changes a task: it may append the task's event and keeps
+/// every key that follows the task's status.
+fn task_script(body: &str) -> Script {
+    Script::new(&format!("{APPEND}\n{SETTLE}\n{body}"))
 }
 
 /// The compiled scripts (Redis caches them by hash).
@@ -45,9 +54,10 @@ struct Scripts {
     read: Script,
     sweep: Script,
     task: Script,
+    claim: Script,
+    get: Script,
     topics: Script,
     list: Script,
-    claimable: Script,
 }
 
 /// The Redis-backed store.
@@ -58,6 +68,8 @@ pub struct RedisStore {
     retention: Retention,
     scripts: Scripts,
     signals: broadcast::Sender<QueueSignal>,
+    /// Running tasks as this node last wrote them: where changes start.
+    hints: hints::Hints,
     /// Per topic, the newest id this node has read, pinned or delivered:
     /// where the live feed resumes a topic after losing its connection.
     /// Pruned to watched topics on every resync.
@@ -119,12 +131,14 @@ impl RedisStore {
                 publish: script(include_str!("publish.lua")),
                 read: script(include_str!("read.lua")),
                 sweep: script(include_str!("sweep.lua")),
-                task: script(include_str!("task.lua")),
+                task: task_script(include_str!("task.lua")),
+                claim: task_script(include_str!("claim.lua")),
+                get: Script::new(include_str!("get.lua")),
                 topics: Script::new(include_str!("topics.lua")),
                 list: Script::new(include_str!("list.lua")),
-                claimable: Script::new(include_str!("claimable.lua")),
             },
             signals: broadcast::channel(1024).0,
+            hints: hints::Hints::default(),
             seen: std::sync::Mutex::default(),
             url: url.to_owned(),
         });

@@ -1,9 +1,21 @@
 //! Tasks in Redis: the task as JSON under `herald:task:{id}`, queued ids in
 //! a sorted set per queue (by enqueue order), running ids in `herald:leases`
 //! (by lease deadline), tasks waiting out a retry backoff in
-//! `herald:waiting` (`queue|id`, by when they become claimable). Every change is a compare-and-set script: read the
-//! task, let the Rust state machine decide, write only if nobody changed it
-//! meanwhile (else read again) — so two nodes never both win a claim.
+//! `herald:waiting` (`queue|id`, by when they become claimable).
+//!
+//! Every state change is one script call, so each costs one round trip
+//! (and, on a Redis that fsyncs every write, one fsync shared with whatever
+//! else that turn of Redis's loop wrote):
+//!
+//! - enqueue: `task.lua` numbers the task and stores it;
+//! - claim: `claim.lua` finds the oldest claimable task and claims it;
+//! - progress, complete, fail, cancel, expiry: the Rust state machine
+//!   decides on the task as this node last wrote it ([`hints`]) or as read,
+//!   and `task.lua` writes the decision only if the task is still what was
+//!   decided on; if not, it answers with the task as it is now, and the
+//!   machine decides again — so two nodes never both win a change.
+//!
+//! [`hints`]: super::hints
 
 use async_trait::async_trait;
 use redis::AsyncCommands;
@@ -15,7 +27,7 @@ use crate::error::StoreError;
 use crate::event::now_ms;
 use crate::name::Topic;
 use crate::task::machine::{self, Decision};
-use crate::task::{NewTask, Op, Status, Task, TaskError, TaskId, TaskStore, Updated};
+use crate::task::{Lease, NewTask, Op, Status, Task, TaskError, TaskId, TaskStore, Updated};
 
 /// Rounds of compare-and-set before giving up on a hotly contended task.
 const CAS_ROUNDS: usize = 32;
@@ -58,6 +70,27 @@ fn decode(json: &str) -> Result<Task, StoreError> {
         .map_err(|e| StoreError::Internal(format!("a stored task is unreadable: {e}")))
 }
 
+/// What `task.lua` answered.
+enum Written {
+    /// Written; the task's seq (numbered by the script for a new task).
+    Done { seq: u64 },
+    /// The task is not what the change was decided on: what it is now
+    /// (`None`: gone).
+    Changed(Option<String>),
+    /// A new task's idempotency key names the task `holder` (`None`: the
+    /// key has just gone), stored as `json` (`None`: gone).
+    Taken {
+        holder: Option<String>,
+        json: Option<String>,
+    },
+    /// This write was made already; the mark it left.
+    Marked(String),
+}
+
+fn nonempty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
 impl RedisStore {
     async fn load(&self, id: TaskId) -> Result<Option<(String, Task)>, StoreError> {
         let mut conn = self.conn();
@@ -68,10 +101,9 @@ impl RedisStore {
         json.map(|j| decode(&j).map(|t| (j, t))).transpose()
     }
 
-    /// Writes `new` if the task is still `old` (`None`: it must not exist),
-    /// with its queue, lease, counts and emitted event, under the write id
-    /// of `mark`. `Ok(false)`: it changed meanwhile. The string is the id
-    /// already holding `idem`.
+    /// Writes `new` if the task is still `old` (`None`: it must not exist,
+    /// and is numbered by the script when `new.seq` is 0), with its queue,
+    /// lease, counts and emitted event, under the write id of `mark`.
     async fn cas(
         &self,
         old: Option<(&str, Status)>,
@@ -79,7 +111,7 @@ impl RedisStore {
         emit: Option<&machine::Emit>,
         idem: Option<&str>,
         mark: &Mark,
-    ) -> Result<(bool, String), StoreError> {
+    ) -> Result<Written, StoreError> {
         let finished_ttl = self
             .retention
             .max_age
@@ -93,13 +125,18 @@ impl RedisStore {
             .available_ms
             .filter(|_| new.status == Status::Queued)
             .map_or(String::new(), |at| at.to_string());
+        let seq = if old.is_none() && new.seq == 0 {
+            String::new()
+        } else {
+            new.seq.to_string()
+        };
         let mut invocation = self.scripts.task.prepare_invoke();
         invocation
             .arg(new.id.to_string())
             .arg(old.map_or("", |(json, _)| json))
             .arg(encode(new)?)
             .arg(&new.queue)
-            .arg(new.seq)
+            .arg(seq)
             .arg(old.map_or("", |(_, s)| s.as_str()))
             .arg(new.status.as_str())
             .arg(lease)
@@ -113,35 +150,118 @@ impl RedisStore {
             .arg(mark.ttl.as_secs())
             .arg(if mark.full { "1" } else { "0" })
             .arg(available);
-        let (ok, other): (i64, String) = self.write("changing a task", &invocation).await?;
-        Ok((ok == 1, other))
+        let (code, a, b): (i64, String, String) =
+            self.write("changing a task", &invocation).await?;
+        Ok(match code {
+            1 => Written::Done {
+                seq: b.parse().unwrap_or(new.seq),
+            },
+            0 => Written::Changed(nonempty(a)),
+            2 => Written::Taken {
+                holder: nonempty(b),
+                json: nonempty(a),
+            },
+            3 => Written::Marked(a),
+            other => {
+                return Err(StoreError::Internal(format!(
+                    "redis answered a task change with code {other}"
+                )));
+            }
+        })
     }
 
-    /// The answer a change named by `mark` got, if it was made already: a
-    /// client retrying with its own key after an unknown outcome gets the
-    /// first answer, not a refusal from the state that change led to.
-    async fn marked(&self, mark: &Mark) -> Result<Option<Updated>, TaskError> {
-        if !mark.full {
+    /// The outcome a client's keyed change got the first time, from the
+    /// mark it left: a client retrying with its own key after an unknown
+    /// outcome gets the first answer, not a refusal from the state that
+    /// change led to. `None`: the mark is only a write id's (the store's
+    /// own sending again), which says the write was made.
+    fn full_outcome(mark: &str) -> Result<Option<Updated>, TaskError> {
+        let unreadable = |e: String| {
+            TaskError::from(StoreError::Internal(format!(
+                "a write mark is unreadable: {e}"
+            )))
+        };
+        let parts: Vec<serde_json::Value> =
+            serde_json::from_str(mark).map_err(|e| unreadable(e.to_string()))?;
+        let [_, _, before, task] = parts.as_slice() else {
             return Ok(None);
-        }
-        let mut conn = self.conn();
-        let found: Option<String> = conn
-            .get(format!("herald:write:{}", mark.id))
-            .await
-            .map_err(|e| unavailable("reading a write mark", e))?;
-        let Some(found) = found else { return Ok(None) };
-        let (_, _, before, task): (i64, String, String, String) = serde_json::from_str(&found)
-            .map_err(|e| StoreError::Internal(format!("a write mark is unreadable: {e}")))?;
+        };
+        let (Some(before), Some(task)) = (before.as_str(), task.as_str()) else {
+            return Err(unreadable(format!("{mark:?}")));
+        };
         let before = Status::ALL
             .into_iter()
             .find(|s| s.as_str() == before)
             .ok_or_else(|| StoreError::Internal(format!("a write mark holds status {before:?}")))?;
         Ok(Some(Updated {
             before,
-            task: decode(&task)?,
+            task: decode(task)?,
             cancel: None,
             refused: None,
         }))
+    }
+
+    /// The task to decide on, read fresh, or the outcome of a keyed change
+    /// made already (the mark read in the same round trip).
+    async fn read_for_change(
+        &self,
+        id: TaskId,
+        mark: &Mark,
+    ) -> Result<Result<String, Updated>, TaskError> {
+        let mut conn = self.conn();
+        let (json, done): (Option<String>, Option<String>) = if mark.full {
+            conn.mget((
+                format!("herald:task:{id}"),
+                format!("herald:write:{}", mark.id),
+            ))
+            .await
+            .map_err(|e| unavailable("reading a task", e))?
+        } else {
+            let json = conn
+                .get(format!("herald:task:{id}"))
+                .await
+                .map_err(|e| unavailable("reading a task", e))?;
+            (json, None)
+        };
+        if let Some(done) = done
+            && let Some(outcome) = Self::full_outcome(&done)?
+        {
+            return Ok(Err(outcome));
+        }
+        json.map(Ok).ok_or(TaskError::NotFound)
+    }
+
+    /// Claims the oldest claimable task of `queue` at `now` under `lease`
+    /// (made by the state machine), sent under the write id of `mark`.
+    async fn claim_as(
+        &self,
+        queue: &Topic,
+        lease: Lease,
+        now: u64,
+        mark: &Mark,
+    ) -> Result<Option<Task>, TaskError> {
+        let lease_json =
+            serde_json::to_string(&lease).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let mut invocation = self.scripts.claim.prepare_invoke();
+        invocation
+            .arg(queue.as_str())
+            .arg(now)
+            .arg(&lease.token)
+            .arg(lease_json)
+            .arg(lease.expires_ms)
+            .arg(&mark.id)
+            .arg(mark.ttl.as_secs());
+        let json: Option<String> = self.write("claiming a task", &invocation).await?;
+        let Some(json) = json else { return Ok(None) };
+        let task = decode(&json)?;
+        // Sent again after a lost answer, the claim is answered with the
+        // task it claimed, as it is now: if that lease has already run out
+        // and another worker holds it, this claim got nothing.
+        if task.lease.as_ref().map(|l| &l.token) != Some(&lease.token) {
+            return Ok(None);
+        }
+        self.hints.note(task.id, task.status, &json);
+        Ok(Some(task))
     }
 
     /// Applies `decide` to the current task until the write holds.
@@ -149,24 +269,58 @@ impl RedisStore {
     where
         F: FnMut(&Task, u64) -> (Decision, Option<crate::task::Cancel>),
     {
-        if let Some(done) = self.marked(mark).await? {
-            return Ok(done);
-        }
+        // (the task's JSON, whether it was read just now rather than hinted)
+        let mut known = self.hints.get(id).map(|json| (json, false));
         for _ in 0..CAS_ROUNDS {
-            let (json, task) = self.load(id).await?.ok_or(TaskError::NotFound)?;
+            let (json, fresh) = match known.take() {
+                Some(k) => k,
+                None => match self.read_for_change(id, mark).await? {
+                    Ok(json) => (json, true),
+                    Err(done) => return Ok(done),
+                },
+            };
+            let task = decode(&json)?;
             let (decision, cancel) = decide(&task, now_ms());
-            if let Some(new) = &decision.task {
-                let (ok, _) = self
-                    .cas(
-                        Some((&json, task.status)),
-                        new,
-                        decision.emit.as_ref(),
-                        None,
-                        mark,
-                    )
-                    .await?;
-                if !ok {
+            let Some(new) = &decision.task else {
+                if fresh {
+                    return Ok(Updated::from_decision(task, decision, cancel));
+                }
+                // A refusal (or "nothing to do") is only as good as what
+                // it was decided on: decide again on the stored task.
+                continue;
+            };
+            let written = self
+                .cas(
+                    Some((&json, task.status)),
+                    new,
+                    decision.emit.as_ref(),
+                    None,
+                    mark,
+                )
+                .await?;
+            match written {
+                Written::Done { .. } => {
+                    if let Ok(json) = encode(new) {
+                        self.hints.note(id, new.status, &json);
+                    }
+                }
+                Written::Changed(Some(now)) => {
+                    known = Some((now, true));
                     continue;
+                }
+                Written::Changed(None) => {
+                    self.hints.forget(id);
+                    return Err(TaskError::NotFound);
+                }
+                Written::Marked(done) => {
+                    if let Some(outcome) = Self::full_outcome(&done)? {
+                        return Ok(outcome);
+                    }
+                }
+                Written::Taken { .. } => {
+                    return Err(
+                        StoreError::Internal("a change answered as an enqueue".into()).into(),
+                    );
                 }
             }
             return Ok(Updated::from_decision(task, decision, cancel));
@@ -175,88 +329,71 @@ impl RedisStore {
             "the task is changing too fast; try again".into(),
         ))
     }
-
-    /// Positions may be computed on any node.
-    async fn position(&self, task: &Task) -> Result<Option<u64>, StoreError> {
-        if task.status != Status::Queued {
-            return Ok(None);
-        }
-        let mut conn = self.conn();
-        let rank: Option<u64> = conn
-            .zrank(format!("herald:queue:{}", task.queue), task.id.to_string())
-            .await
-            .map_err(|e| unavailable("computing a position", e))?;
-        Ok(rank.map(|r| r + 1))
-    }
 }
 
 #[async_trait]
 impl TaskStore for RedisStore {
     async fn enqueue(&self, new: NewTask) -> Result<(Task, bool), TaskError> {
-        let mut conn = self.conn();
-        let seq: u64 = conn
-            .incr("herald:task-seq", 1)
-            .await
-            .map_err(|e| unavailable("numbering a task", e))?;
         let key = new.idempotency_key.clone();
-        let task = machine::enqueue(new, seq, now_ms());
-        let (ok, holder) = self
+        // Seq 0: numbered by the script, in the same round trip.
+        let mut task = machine::enqueue(new, 0, now_ms());
+        let written = self
             .cas(None, &task, None, key.as_deref(), &Mark::internal())
             .await?;
-        if ok {
-            return Ok((task, false));
+        match written {
+            Written::Done { seq } => {
+                task.seq = seq;
+                Ok((task, false))
+            }
+            Written::Marked(done) => {
+                // This enqueue, sent again: the mark keeps its seq.
+                let parts: (i64, String, String) = serde_json::from_str(&done).map_err(|e| {
+                    StoreError::Internal(format!("a write mark is unreadable: {e}"))
+                })?;
+                task.seq = parts.2.parse().map_err(|_| {
+                    StoreError::Internal(format!("a write mark holds seq {:?}", parts.2))
+                })?;
+                Ok((task, false))
+            }
+            Written::Taken {
+                json: Some(json), ..
+            } => Ok((decode(&json)?, true)),
+            Written::Taken {
+                holder: Some(_), ..
+            } => Err(TaskError::NotFound),
+            Written::Taken { holder: None, .. } => Err(TaskError::Conflict(
+                "the idempotency key is being used right now".into(),
+            )),
+            Written::Changed(_) => {
+                Err(StoreError::Internal("a new task's id is taken".into()).into())
+            }
         }
-        let id: TaskId = holder.parse().map_err(|_| {
-            TaskError::Conflict("the idempotency key is being used right now".into())
-        })?;
-        let (_, known) = self.load(id).await?.ok_or(TaskError::NotFound)?;
-        Ok((known, true))
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<(Task, Option<u64>)>, TaskError> {
-        let Some((_, task)) = self.load(id).await? else {
+        let mut conn = self.conn();
+        let (json, position): (String, u64) = self
+            .scripts
+            .get
+            .arg(id.to_string())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("reading a task", e))?;
+        if json.is_empty() {
             return Ok(None);
-        };
-        let position = self.position(&task).await?;
-        Ok(Some((task, position)))
+        }
+        Ok(Some((decode(&json)?, (position > 0).then_some(position))))
     }
 
     async fn claim(&self, queue: &Topic, lease_secs: f64) -> Result<Option<Task>, TaskError> {
-        for _ in 0..CAS_ROUNDS {
-            let mut conn = self.conn();
-            let now = now_ms();
-            let next: Option<String> = self
-                .scripts
-                .claimable
-                .arg(queue.as_str())
-                .arg(now)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("finding work", e))?;
-            let Some(id) = next.and_then(|i| i.parse::<TaskId>().ok()) else {
-                return Ok(None);
-            };
-            let Some((json, task)) = self.load(id).await? else {
-                continue;
-            };
-            if !machine::claimable(&task, now) {
-                continue;
-            }
-            let running = machine::claim(&task, now, lease_secs);
-            let (ok, _) = self
-                .cas(
-                    Some((&json, task.status)),
-                    &running,
-                    None,
-                    None,
-                    &Mark::internal(),
-                )
-                .await?;
-            if ok {
-                return Ok(Some(running));
-            }
-        }
-        Ok(None)
+        let now = now_ms();
+        self.claim_as(
+            queue,
+            machine::lease(now, lease_secs),
+            now,
+            &Mark::internal(),
+        )
+        .await
     }
 
     async fn update(&self, id: TaskId, op: Op, key: Option<&str>) -> Result<Updated, TaskError> {
@@ -381,3 +518,7 @@ impl TaskStore for RedisStore {
         Some(self.queue_signals())
     }
 }
+
+#[cfg(test)]
+#[path = "tasks_tests.rs"]
+mod tests;
