@@ -61,7 +61,7 @@ pub async fn payload(
         // Parsed as every later read parses it, so what is stored reads
         // back as sent (a depth limit checked here, not met later as null).
         crate::body::check_json(&text)?;
-        Ok(Payload::Json(text))
+        Ok(Payload::json(text))
     } else {
         Ok(Payload::Text(text))
     }
@@ -69,7 +69,18 @@ pub async fn payload(
 
 /// A task as JSON with the given status code.
 pub fn task_response(status: StatusCode, task: &Task, position: Option<u64>) -> Response {
-    (status, axum::Json(task.to_json(position))).into_response()
+    json_response(status, task.to_json_bytes(position))
+}
+
+/// A JSON document already written to bytes, as `axum::Json` would answer
+/// it (without building a `Value` first).
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn lease_token(headers: &HeaderMap) -> Option<String> {
@@ -231,14 +242,10 @@ pub async fn claim(
     let Some(task) = state.tasks().claim(&queue, lease, wait).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
-    let lease = task.lease.as_ref().map(|l| {
-        serde_json::json!({
-            "expires": herald_protocol::time::rfc3339_ms(l.expires_ms),
-            "token": l.token,
-        })
-    });
-    let body = serde_json::json!({ "task": task.to_json(None), "lease": lease });
-    Ok(axum::Json(body).into_response())
+    Ok(json_response(
+        StatusCode::OK,
+        herald_core::task::claim_json(&task),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -16,6 +16,7 @@
 //!   then wakes one claim per task that became claimable.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +37,56 @@ struct QueueSignals {
     work: Notify,
     /// Bumped whenever positions in the queue may have moved.
     moved: watch::Sender<u64>,
+    /// The queue's metrics, registered once: looking a labelled metric up
+    /// costs a registry lookup and label allocations, on every change.
+    metrics: QueueMetrics,
+}
+
+#[derive(Debug)]
+struct QueueMetrics {
+    /// `herald_tasks` by status, in [`Status::ALL`] order.
+    tasks: [metrics::Gauge; 5],
+    run_seconds: metrics::Histogram,
+    claim_wait_seconds: metrics::Histogram,
+}
+
+impl QueueMetrics {
+    fn new(queue: &str) -> QueueMetrics {
+        QueueMetrics {
+            tasks: Status::ALL.map(|status| gauge(queue, status)),
+            run_seconds: metrics::histogram!("herald_task_run_seconds", "queue" => queue.to_owned()),
+            claim_wait_seconds: metrics::histogram!(
+                "herald_task_claim_wait_seconds", "queue" => queue.to_owned()
+            ),
+        }
+    }
+
+    fn tasks(&self, status: Status) -> &metrics::Gauge {
+        let i = Status::ALL.iter().position(|&s| s == status).unwrap_or(0);
+        &self.tasks[i]
+    }
+
+    /// Moves a task between the status gauges of this node's own count.
+    fn moved(&self, from: Option<Status>, task: &Task) {
+        if from == Some(task.status) {
+            return;
+        }
+        if let Some(from) = from {
+            self.tasks(from).decrement(1.0);
+        }
+        self.tasks(task.status).increment(1.0);
+        self.finished(task);
+    }
+
+    /// Records the run time of a task that just finished.
+    fn finished(&self, task: &Task) {
+        if task.status.is_finished()
+            && let (Some(start), Some(end)) = (task.started_ms, task.finished_ms)
+        {
+            self.run_seconds
+                .record(end.saturating_sub(start) as f64 / 1000.0);
+        }
+    }
 }
 
 struct Inner {
@@ -44,6 +95,10 @@ struct Inner {
     queues: Mutex<HashMap<String, Arc<QueueSignals>>>,
     /// Wakes the reaper when a lease that may end sooner was handed out.
     reaper: Notify,
+    /// The lease deadline the reaper sleeps until (ms since 1970;
+    /// `u64::MAX`: none, 0: it is reading the next one), so a claim wakes
+    /// it only for a lease that ends sooner — most end later.
+    reaper_at: AtomicU64,
     /// Wakes the backoff timer when a task was queued again with a wait
     /// that may end sooner than the one it sleeps for.
     backoff: Notify,
@@ -78,28 +133,6 @@ fn gauge(queue: &str, status: Status) -> metrics::Gauge {
     metrics::gauge!("herald_tasks", "queue" => queue.to_owned(), "status" => status.as_str())
 }
 
-/// Moves a task between the status gauges of this node's own count.
-fn moved(from: Option<Status>, task: &Task) {
-    if from == Some(task.status) {
-        return;
-    }
-    if let Some(from) = from {
-        gauge(&task.queue, from).decrement(1.0);
-    }
-    gauge(&task.queue, task.status).increment(1.0);
-    finished(task);
-}
-
-/// Records the run time of a task that just finished.
-fn finished(task: &Task) {
-    if task.status.is_finished()
-        && let (Some(start), Some(end)) = (task.started_ms, task.finished_ms)
-    {
-        metrics::histogram!("herald_task_run_seconds", "queue" => task.queue.clone())
-            .record(end.saturating_sub(start) as f64 / 1000.0);
-    }
-}
-
 impl Tasks {
     /// Starts the engine (and its lease reaper) over `store`; `hub` carries
     /// the task events. Must run inside a tokio runtime.
@@ -113,6 +146,7 @@ impl Tasks {
                 hub,
                 queues: Mutex::new(HashMap::new()),
                 reaper: Notify::new(),
+                reaper_at: AtomicU64::new(0),
                 backoff: Notify::new(),
                 shutdown,
                 remote: remote.is_some(),
@@ -137,26 +171,31 @@ impl Tasks {
 
     fn signals(&self, queue: &str) -> Arc<QueueSignals> {
         let mut queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(queues.entry(queue.to_owned()).or_insert_with(|| {
-            Arc::new(QueueSignals {
-                work: Notify::new(),
-                moved: watch::channel(0).0,
-            })
-        }))
+        // Looked up by `&str` first: the owned key is made once per queue.
+        if let Some(q) = queues.get(queue) {
+            return Arc::clone(q);
+        }
+        let q = Arc::new(QueueSignals {
+            work: Notify::new(),
+            moved: watch::channel(0).0,
+            metrics: QueueMetrics::new(queue),
+        });
+        queues.insert(queue.to_owned(), Arc::clone(&q));
+        q
     }
 
     /// Tells the queue what happened to one of its tasks.
     fn signal(&self, before: Option<Status>, task: &Task) {
+        let q = self.signals(&task.queue);
         if self.inner.remote {
             // Every node, this one included, hears of it from the store,
             // and reads the shared counts then.
             if before != Some(task.status) {
-                finished(task);
+                q.metrics.finished(task);
             }
             return;
         }
-        moved(before, task);
-        let q = self.signals(&task.queue);
+        q.metrics.moved(before, task);
         if task.status == Status::Queued && before != Some(Status::Queued) {
             if task.waiting_until(now_ms()).is_some() {
                 self.inner.backoff.notify_one();
@@ -196,11 +235,10 @@ impl Tasks {
     /// Enqueues a task; `true` when an earlier one with the same
     /// idempotency key is returned instead.
     pub async fn enqueue(&self, new: NewTask) -> Result<(Task, Option<u64>, bool), TaskError> {
-        let (task, replayed) = self.inner.store.enqueue(new).await?;
+        let (task, position, replayed) = self.inner.store.enqueue_placed(new).await?;
         if !replayed {
             self.signal(None, &task);
         }
-        let position = self.inner.store.get(task.id).await?.and_then(|(_, p)| p);
         Ok((task, position, replayed))
     }
 
@@ -244,7 +282,7 @@ impl Tasks {
             notified.as_mut().enable();
             if let Some(task) = self.inner.store.claim(queue, lease_secs).await? {
                 self.signal(Some(Status::Queued), &task);
-                self.inner.reaper.notify_one();
+                self.wake_reaper(&task);
                 break Some(task);
             }
             tokio::select! {
@@ -253,9 +291,22 @@ impl Tasks {
                 () = self.inner.shutdown.cancelled() => break None,
             }
         };
-        metrics::histogram!("herald_task_claim_wait_seconds", "queue" => queue.as_str().to_owned())
+        signals
+            .metrics
+            .claim_wait_seconds
             .record(started.elapsed().as_secs_f64());
         Ok(out)
+    }
+
+    /// Wakes the reaper if the lease just handed out ends before the
+    /// deadline it sleeps until (or while it is reading that deadline).
+    fn wake_reaper(&self, task: &Task) {
+        let ends = task.lease.as_ref().map_or(0, |l| l.expires_ms);
+        // SeqCst pairs with the reaper's stores: either it sees this lease
+        // when it reads the next deadline, or this sees the deadline it read.
+        if ends < self.inner.reaper_at.load(Ordering::SeqCst) {
+            self.inner.reaper.notify_one();
+        }
     }
 
     /// Progress, completion, failure or cancellation.
@@ -329,6 +380,9 @@ async fn reap(tasks: Tasks) {
         let woken = inner.reaper.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
+        // While reading, every claim wakes it (its lease may be missed by
+        // the read); after, only one whose lease ends before `next`.
+        inner.reaper_at.store(0, Ordering::SeqCst);
         let next = match inner.store.next_expiry().await {
             Ok(next) => next,
             Err(e) => {
@@ -336,6 +390,9 @@ async fn reap(tasks: Tasks) {
                 Some(now_ms() + 1000)
             }
         };
+        inner
+            .reaper_at
+            .store(next.unwrap_or(u64::MAX), Ordering::SeqCst);
         let sleep = async {
             match next {
                 Some(at) => {

@@ -114,7 +114,7 @@ fn finish(mut t: Task, status: Status, now: u64) -> (Task, Emit) {
     } else {
         "error"
     };
-    let data = t.to_json(None).to_string();
+    let data = super::json::into_string(t.to_json_bytes(None));
     (t, Emit { kind, data })
 }
 
@@ -186,7 +186,7 @@ pub fn progress(
     if let Some(lease) = t.lease.as_mut() {
         lease.expires_ms = now + lease_ms(lease.secs);
     }
-    let data = serde_json::json!({ "progress": t.progress, "message": t.message }).to_string();
+    let data = super::json::progress_json(t.progress, t.message.as_deref());
     Decision::save(
         t,
         Some(Emit {

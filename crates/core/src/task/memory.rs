@@ -66,10 +66,19 @@ impl MemTasks {
         if let Some(at) = available(&task) {
             self.waiting.insert((at, task.id));
         }
-        let queue = self.queued.entry(task.queue.clone()).or_default();
+        // Looked up by `&str` first: the queue's name is copied once, not
+        // on every change.
         if task.status == Status::Queued {
-            queue.insert(task.seq, task.id);
-        } else {
+            match self.queued.get_mut(task.queue.as_str()) {
+                Some(queue) => {
+                    queue.insert(task.seq, task.id);
+                }
+                None => {
+                    let queue = BTreeMap::from([(task.seq, task.id)]);
+                    self.queued.insert(task.queue.clone(), queue);
+                }
+            }
+        } else if let Some(queue) = self.queued.get_mut(task.queue.as_str()) {
             queue.remove(&task.seq);
         }
         self.tasks.insert(task.id, task);
@@ -95,15 +104,14 @@ impl MemTasks {
 
 impl MemoryStore {
     /// Saves a decision and appends its event under both locks, so the two
-    /// are seen together.
-    fn apply(&self, tasks: &mut MemTasks, decision: &Decision) {
+    /// are seen together. The event's data moves out of the decision.
+    fn apply(&self, tasks: &mut MemTasks, decision: &mut Decision) {
         let Some(task) = decision.task.clone() else {
             return;
         };
-        let emit = decision.emit.clone();
         let id = task.id;
         tasks.put(task);
-        if let Some(emit) = emit {
+        if let Some(emit) = decision.emit.take() {
             let event = NewEvent {
                 topic: id.topic(),
                 kind: EventType::new(emit.kind).unwrap_or_else(|_| EventType::message()),
@@ -119,6 +127,12 @@ impl MemoryStore {
 #[async_trait]
 impl TaskStore for MemoryStore {
     async fn enqueue(&self, new: NewTask) -> Result<(Task, bool), TaskError> {
+        self.enqueue_placed(new)
+            .await
+            .map(|(task, _, replayed)| (task, replayed))
+    }
+
+    async fn enqueue_placed(&self, new: NewTask) -> Result<(Task, Option<u64>, bool), TaskError> {
         let mut tasks = self.tasks_lock();
         let key = new
             .idempotency_key
@@ -129,7 +143,7 @@ impl TaskStore for MemoryStore {
             .and_then(|k| tasks.keys.get(k))
             .and_then(|id| tasks.tasks.get(id))
         {
-            return Ok((task.clone(), true));
+            return Ok((task.clone(), tasks.position(task), true));
         }
         tasks.seq += 1;
         let task = machine::enqueue(new, tasks.seq, now_ms());
@@ -137,7 +151,10 @@ impl TaskStore for MemoryStore {
             tasks.keys.insert(k, task.id);
         }
         tasks.put(task.clone());
-        Ok((task, false))
+        // The newest task is the last of its queue: its place is the
+        // queue's length, no count needed.
+        let position = tasks.queued.get(&task.queue).map(|q| q.len() as u64);
+        Ok((task, position, false))
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<(Task, Option<u64>)>, TaskError> {
@@ -166,8 +183,8 @@ impl TaskStore for MemoryStore {
     async fn update(&self, id: TaskId, op: Op, _key: Option<&str>) -> Result<Updated, TaskError> {
         let mut tasks = self.tasks_lock();
         let task = tasks.tasks.get(&id).cloned().ok_or(TaskError::NotFound)?;
-        let (decision, cancel) = op.decide(&task, now_ms());
-        self.apply(&mut tasks, &decision);
+        let (mut decision, cancel) = op.decide(&task, now_ms());
+        self.apply(&mut tasks, &mut decision);
         Ok(Updated::from_decision(task, decision, cancel))
     }
 
@@ -185,8 +202,8 @@ impl TaskStore for MemoryStore {
             .filter_map(|t| machine::expire(t, now))
             .collect();
         let mut out = Vec::with_capacity(decisions.len());
-        for d in decisions {
-            self.apply(&mut tasks, &d);
+        for mut d in decisions {
+            self.apply(&mut tasks, &mut d);
             out.extend(d.task);
         }
         Ok(out)

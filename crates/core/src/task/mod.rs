@@ -26,6 +26,7 @@ use crate::name::Topic;
 mod backoff;
 pub mod engine;
 pub mod feed;
+mod json;
 pub mod machine;
 pub mod memory;
 mod store;
@@ -34,6 +35,7 @@ mod store;
 pub mod contract;
 
 pub use backoff::{Backoff, BadBackoff};
+pub use json::claim_json;
 pub use machine::Cancel;
 pub use store::{Op, QueueSignal, TaskStore, Updated};
 
@@ -116,7 +118,9 @@ impl Status {
 }
 
 /// A payload or result: JSON when it was sent as `application/json`, text
-/// otherwise. JSON is kept as its text, checked once on the way in.
+/// otherwise. JSON is kept as its text, checked once on the way in and
+/// written out as it is kept: build it with [`Payload::json`], so that text
+/// is valid and canonical.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "body", rename_all = "lowercase")]
 pub enum Payload {
@@ -125,6 +129,21 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// JSON text already checked to be valid, kept in its canonical form
+    /// (compact, object keys sorted, numbers as serde_json writes them) —
+    /// the form answers have always shown it in — so every later answer
+    /// can copy it out instead of parsing it again.
+    pub fn json(text: String) -> Payload {
+        match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(value) => {
+                let canonical = value.to_string();
+                Payload::Json(if canonical == text { text } else { canonical })
+            }
+            // Not JSON after all: kept as `null`, as it always read back.
+            Err(_) => Payload::Json("null".to_owned()),
+        }
+    }
+
     /// The payload as a JSON value: the JSON itself, or the text as a string.
     pub fn to_value(&self) -> serde_json::Value {
         match self {
@@ -180,37 +199,18 @@ pub struct Task {
 }
 
 impl Task {
-    /// The task as clients see it; `position` is its place in the queue
-    /// (1 = next) while queued.
+    /// The task as clients see it, as JSON text; `position` is its place in
+    /// the queue (1 = next) while queued.
+    pub fn to_json_bytes(&self, position: Option<u64>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512);
+        json::write_task(&mut out, self, position, crate::event::now_ms());
+        out
+    }
+
+    /// [`Task::to_json_bytes`] as a value, for documents that gather several
+    /// tasks.
     pub fn to_json(&self, position: Option<u64>) -> serde_json::Value {
-        let time = |ms: Option<u64>| ms.map(herald_protocol::time::rfc3339_ms);
-        let mut json = serde_json::json!({
-            "id": self.id.to_string(),
-            "queue": self.queue,
-            "status": self.status.as_str(),
-            "payload": self.payload.to_value(),
-            "progress": self.progress,
-            "message": self.message,
-            "position": if self.status == Status::Queued { position } else { None },
-            "result": self.result.as_ref().map(Payload::to_value),
-            "error": self.error,
-            "attempts": self.attempts,
-            "max_attempts": self.max_attempts,
-            "created_at": time(Some(self.created_ms)),
-            "updated_at": time(Some(self.updated_ms)),
-            "started_at": time(self.started_ms),
-            "finished_at": time(self.finished_ms),
-            "lease_expires_at": time(
-                self.lease
-                    .as_ref()
-                    .filter(|_| self.status == Status::Running)
-                    .map(|l| l.expires_ms)
-            ),
-        });
-        if let Some(at) = self.waiting_until(crate::event::now_ms()) {
-            json["available_at"] = herald_protocol::time::rfc3339_ms(at).into();
-        }
-        json
+        serde_json::from_slice(&self.to_json_bytes(position)).unwrap_or_default()
     }
 
     /// When a queued task that may not be claimed at `now` becomes
@@ -279,6 +279,136 @@ mod tests {
         t.available_ms = Some(later);
         t.status = Status::Running;
         assert!(t.to_json(None).get("available_at").is_none(), "not queued");
+    }
+
+    /// The document as it was built before it was written by hand: a
+    /// `Value` (a sorted map) with the payload parsed again.
+    fn value_built(t: &Task, position: Option<u64>) -> serde_json::Value {
+        let time = |ms: Option<u64>| ms.map(herald_protocol::time::rfc3339_ms);
+        let mut json = serde_json::json!({
+            "id": t.id.to_string(),
+            "queue": t.queue,
+            "status": t.status.as_str(),
+            "payload": t.payload.to_value(),
+            "progress": t.progress,
+            "message": t.message,
+            "position": if t.status == Status::Queued { position } else { None },
+            "result": t.result.as_ref().map(Payload::to_value),
+            "error": t.error,
+            "attempts": t.attempts,
+            "max_attempts": t.max_attempts,
+            "created_at": time(Some(t.created_ms)),
+            "updated_at": time(Some(t.updated_ms)),
+            "started_at": time(t.started_ms),
+            "finished_at": time(t.finished_ms),
+            "lease_expires_at": time(
+                t.lease
+                    .as_ref()
+                    .filter(|_| t.status == Status::Running)
+                    .map(|l| l.expires_ms)
+            ),
+        });
+        if let Some(at) = t.waiting_until(crate::event::now_ms()) {
+            json["available_at"] = herald_protocol::time::rfc3339_ms(at).into();
+        }
+        json
+    }
+
+    fn assert_same_text(t: &Task, position: Option<u64>) {
+        let bytes = t.to_json_bytes(position);
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert_eq!(text, value_built(t, position).to_string(), "{t:?}");
+    }
+
+    #[test]
+    fn the_written_document_is_the_one_the_value_gave() {
+        let sent = r#"{ "z": [1, 2.50, 1e2, -0, "\u00e9\/"], "a": {"y": null, "b": true} }"#;
+        let new = NewTask {
+            queue: Topic::new("q.x-1").unwrap(),
+            payload: Payload::json(sent.into()),
+            max_attempts: 3,
+            idempotency_key: Some("k".into()),
+            backoff: Backoff::DEFAULT,
+        };
+        let queued = machine::enqueue(new, 7, 1_700_000_000_123);
+        assert_same_text(&queued, Some(4));
+        assert_same_text(&queued, None);
+        let mut waiting = queued.clone();
+        waiting.available_ms = Some(crate::event::now_ms() + 60_000);
+        waiting.error = Some("boom \"quoted\"\n\u{1}é".into());
+        waiting.attempts = 1;
+        assert_same_text(&waiting, Some(1));
+        let running = machine::claim(&queued, 1_700_000_001_000, 2.5);
+        assert!(running.lease.is_some());
+        assert_same_text(&running, Some(9));
+        let mut reported = running.clone();
+        reported.progress = Some(0.333_333_333_333_333_3);
+        reported.message = Some("a third — nearly".into());
+        assert_same_text(&reported, None);
+        reported.progress = Some(f64::NAN);
+        assert_same_text(&reported, None);
+        for result in [
+            Payload::json("[1, {\"b\":2, \"a\":1}]".into()),
+            Payload::Text("{\"a\":1} as text\t".into()),
+            Payload::json("\"s\"".into()),
+        ] {
+            let mut done = running.clone();
+            done.status = Status::Succeeded;
+            done.result = Some(result);
+            done.progress = Some(1.0);
+            done.finished_ms = Some(1_700_000_002_000);
+            assert_same_text(&done, Some(3));
+        }
+        let mut text = queued;
+        text.payload = Payload::Text("plain \u{7f} text".into());
+        text.status = Status::Cancelled;
+        assert_same_text(&text, None);
+    }
+
+    #[test]
+    fn a_json_payload_is_kept_canonical_once() {
+        let kept = Payload::json(r#"{"b": 1, "a": [1.0, 1e3]}"#.into());
+        assert_eq!(kept, Payload::Json(r#"{"a":[1.0,1000.0],"b":1}"#.into()));
+        assert_eq!(Payload::json("nope".into()), Payload::Json("null".into()));
+    }
+
+    #[test]
+    fn the_claim_and_progress_documents() {
+        let new = NewTask {
+            queue: Topic::new("q").unwrap(),
+            payload: Payload::Text("p".into()),
+            max_attempts: 3,
+            idempotency_key: None,
+            backoff: Backoff::DEFAULT,
+        };
+        let running = machine::claim(&machine::enqueue(new, 1, 1000), 2000, 30.0);
+        let lease = running.lease.as_ref().unwrap();
+        let want = serde_json::json!({
+            "task": value_built(&running, None),
+            "lease": {
+                "expires": herald_protocol::time::rfc3339_ms(lease.expires_ms),
+                "token": lease.token,
+            },
+        });
+        assert_eq!(
+            String::from_utf8(claim_json(&running)).unwrap(),
+            want.to_string()
+        );
+        let mut unleased = running.clone();
+        unleased.lease = None;
+        let want = serde_json::json!({ "task": value_built(&unleased, None), "lease": null });
+        assert_eq!(
+            String::from_utf8(claim_json(&unleased)).unwrap(),
+            want.to_string()
+        );
+        for (p, m) in [
+            (None, None),
+            (Some(0.5), Some("hé \"x\"")),
+            (Some(1.0), None),
+        ] {
+            let want = serde_json::json!({ "progress": p, "message": m }).to_string();
+            assert_eq!(json::progress_json(p, m), want);
+        }
     }
 
     #[test]

@@ -108,6 +108,15 @@ pub trait TaskStore: Send + Sync + 'static {
     /// idempotency key in this queue (`true`: replayed).
     async fn enqueue(&self, new: NewTask) -> Result<(Task, bool), TaskError>;
 
+    /// [`TaskStore::enqueue`], with the task's position in its queue as the
+    /// enqueue left it (`None` once it is no longer queued). Stores that
+    /// know it as they enqueue answer it without reading the task again.
+    async fn enqueue_placed(&self, new: NewTask) -> Result<(Task, Option<u64>, bool), TaskError> {
+        let (task, replayed) = self.enqueue(new).await?;
+        let position = self.get(task.id).await?.and_then(|(_, p)| p);
+        Ok((task, position, replayed))
+    }
+
     /// A task and, while it is queued, its position (1 = next).
     async fn get(&self, id: TaskId) -> Result<Option<(Task, Option<u64>)>, TaskError>;
 

@@ -73,13 +73,19 @@ fn position(conn: &Connection, task: &Task) -> Result<Option<u64>, StoreError> {
     if task.status != Status::Queued {
         return Ok(None);
     }
+    queued_ahead(conn, &task.queue, task.seq).map(Some)
+}
+
+/// The place (1 = next) of the task numbered `seq` among `queue`'s queued
+/// tasks.
+fn queued_ahead(conn: &Connection, queue: &str, seq: u64) -> Result<u64, StoreError> {
     let ahead: i64 = conn
         .prepare_cached(
             "SELECT COUNT(*) FROM tasks WHERE queue = ?1 AND status = 'queued' AND seq < ?2",
         )
-        .and_then(|mut s| s.query_row(params![task.queue, sql_int(task.seq)], |r| r.get(0)))
+        .and_then(|mut s| s.query_row(params![queue, sql_int(seq)], |r| r.get(0)))
         .map_err(|e| error("computing a position", e))?;
-    Ok(Some(u64::try_from(ahead).unwrap_or(0) + 1))
+    Ok(u64::try_from(ahead).unwrap_or(0) + 1)
 }
 
 fn save(tx: &Transaction<'_>, task: &Task) -> Result<(), StoreError> {
@@ -182,13 +188,29 @@ impl TaskStore for SqliteStore {
             }
             let last: i64 = ctx
                 .tx
-                .query_row("SELECT COALESCE(MAX(seq), 0) FROM tasks", [], |r| r.get(0))
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM tasks")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
                 .map_err(|e| error("numbering a task", e))?;
             let task = machine::enqueue(new, u64::try_from(last).unwrap_or(0) + 1, ctx.now);
             save(ctx.tx, &task)?;
             Ok(Ok((task, false)))
         })
         .await
+    }
+
+    async fn enqueue_placed(&self, new: NewTask) -> Result<(Task, Option<u64>, bool), TaskError> {
+        let (task, replayed) = self.enqueue(new).await?;
+        if task.status != Status::Queued {
+            return Ok((task, None, replayed));
+        }
+        // Counted on a reader, off the writer's group, as `get` counts it,
+        // but without reading the task back.
+        let (queue, seq) = (task.queue.clone(), task.seq);
+        let position = self
+            .readers
+            .quick(move |conn| queued_ahead(conn, &queue, seq))
+            .await?;
+        Ok((task, Some(position), replayed))
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<(Task, Option<u64>)>, TaskError> {
@@ -271,11 +293,8 @@ impl TaskStore for SqliteStore {
             .readers
             .with(|conn| {
                 let at: Option<i64> = conn
-                    .query_row(
-                        "SELECT MIN(lease_expires) FROM tasks WHERE status = 'running'",
-                        [],
-                        |r| r.get(0),
-                    )
+                    .prepare_cached("SELECT MIN(lease_expires) FROM tasks WHERE status = 'running'")
+                    .and_then(|mut s| s.query_row([], |r| r.get(0)))
                     .map_err(|e| error("reading lease deadlines", e))?;
                 Ok(at.map(|v| u64::try_from(v).unwrap_or(0)))
             })
