@@ -210,13 +210,12 @@ impl Session {
 
     /// The `task` frame of a task just claimed, which the socket now holds.
     fn handed(&self, task: Task, held: &mut HashMap<TaskId, Instant>) -> Message {
-        let (expires, token) = match &task.lease {
-            Some(l) => (l.expires_ms, l.token.as_str()),
-            None => (herald_core::event::now_ms(), ""),
-        };
+        let expires = task
+            .lease
+            .as_ref()
+            .map_or_else(herald_core::event::now_ms, |l| l.expires_ms);
         held.insert(task.id, instant_of(expires));
-        let expires = herald_protocol::time::rfc3339_ms(expires);
-        Message::Text(frame::task(&task.to_json(None), &expires, token).into())
+        Message::Text(frame::task(&herald_core::task::claim_json(&task)).into())
     }
 
     /// Parses an op and starts it; a frame that is no op is answered at
