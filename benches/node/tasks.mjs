@@ -131,6 +131,9 @@ async function heraldSystem() {
   }
 
   let completed = 0;
+  let asked = 0; // completes sent, answered or not
+  let answered = 0;
+  let allAnswered = null; // resolves once answered === asked, while closing
   function workSocket(count) {
     const base = args.url.replace(/^http/, 'ws');
     const path = `/queues/${queueName}/work?lease=30&count=${count}`;
@@ -140,9 +143,12 @@ async function heraldSystem() {
     ws.onmessage = (e) => {
       const m = JSON.parse(e.data);
       if (m.type === 'task') {
+        asked++;
         ws.send(JSON.stringify({ op: 'complete', id: m.task.id, lease: m.lease.token, result: m.task.payload, ref: ++ref }));
       } else if (m.type === 'ok' && m.status === 'succeeded') {
         completed++;
+        answered++;
+        if (allAnswered && answered === asked) allAnswered();
       } else {
         die(`work socket: ${e.data}`);
       }
@@ -187,6 +193,15 @@ async function heraldSystem() {
     async close() {
       stopping = true;
       await Promise.all(loops);
+      // A producer may hear of its result before the worker hears its
+      // complete answered (both follow the same commit): wait for the
+      // answers still on their way before closing, for at most 10 s.
+      if (answered < asked) {
+        await Promise.race([
+          new Promise((resolve) => { allAnswered = resolve; }),
+          new Promise((resolve) => setTimeout(resolve, 10000)),
+        ]);
+      }
       for (const s of socks) s.ws.close(1000);
       const counted = await succeeded();
       await pool.close();

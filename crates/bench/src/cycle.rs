@@ -209,6 +209,15 @@ pub async fn cycle(t: &Target, load: Load) -> (Value, bool) {
     shared.stop.store(true, Ordering::Relaxed);
 
     let tally = collect(&shared, producers).await;
+    // A producer may hear of its result before the worker hears its
+    // complete answered (both follow the same commit): give those answers
+    // a moment to arrive before the workers go.
+    let answered_by = tokio::time::Instant::now() + Duration::from_secs(10);
+    while completed.load(Ordering::Relaxed) < tally.told
+        && tokio::time::Instant::now() < answered_by
+    {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     // Every producer has its last result: no worker has anything left to
     // do, and a worker parked in a 30 s claim would only delay the end.
     for w in workers {
