@@ -489,6 +489,64 @@ async fn long_poll_answers_200_when_finished_and_408_with_the_task_at_the_timeou
     assert_eq!(status, 200);
 }
 
+/// A long poll parked when the task finishes is answered from the event
+/// the store wrote with the result: the same bytes a `GET` answers after,
+/// on every store kind (memory, durable, and enqueue?wait's own wait).
+#[tokio::test]
+async fn a_woken_long_poll_answers_the_same_bytes_as_a_get() {
+    let dir = temp_dir();
+    let store = format!("file:{}", dir.path().display());
+    for (server, via_enqueue) in [
+        (Server::start(&[]), false),
+        (Server::start_with(&store, &[]), false),
+        (Server::start(&[]), true),
+    ] {
+        let (waiting, id) = if via_enqueue {
+            let url = server.url("/queues/same/tasks?wait=30&backoff=none");
+            let waiting = tokio::spawn(async move {
+                client()
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(r#"{"b":1,"a":[1.5,"x"]}"#)
+                    .send()
+                    .await
+                    .unwrap()
+            });
+            (waiting, None)
+        } else {
+            let id = id_of(&enqueue(&server, "same", r#"{"b":1,"a":[1.5,"x"]}"#).await);
+            let url = server.url(&format!("/tasks/{id}?wait=30"));
+            let waiting = tokio::spawn(async move { client().get(url).send().await.unwrap() });
+            (waiting, Some(id))
+        };
+        // Parked before the task finishes, so the wake is what answers.
+        wait_for_metric(
+            &server,
+            "herald_subscriptions{transport=\"long-poll\"}",
+            1.0,
+        )
+        .await;
+        let worker = claim(&server, "same", "wait=5").await;
+        let id = id.unwrap_or_else(|| id_of(&worker.task));
+        let done = complete(&server, &id, Some(&worker.token), json!({"ok": [1, 2]})).await;
+        assert_eq!(done.status(), 200);
+        let woken = within("woken long poll", waiting).await.unwrap();
+        assert_eq!(woken.status(), 200);
+        assert_eq!(
+            woken.headers()["content-type"],
+            "application/json",
+            "as a GET answers"
+        );
+        let woken = woken.text().await.unwrap();
+        let after = get(&server, &format!("/tasks/{id}"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(woken, after);
+    }
+}
+
 #[tokio::test]
 async fn bad_query_values_and_bodies_are_400_json() {
     let server = Server::start(&[]);

@@ -92,6 +92,10 @@ pub async fn poll(
         let ttl = query.integer("ttl", 0, 0, u64::MAX)?.min(max);
         return match state.tasks().wait(id, Duration::from_millis(ttl)).await {
             Ok(Waited::Finished(task)) => Ok(task_response(StatusCode::OK, &task, None)),
+            Ok(Waited::Told(event)) => Ok(crate::tasks::json_response(
+                StatusCode::OK,
+                event.data.clone().into_bytes(),
+            )),
             Ok(Waited::TimedOut(task, position)) => {
                 Ok(task_response(StatusCode::REQUEST_TIMEOUT, &task, position))
             }

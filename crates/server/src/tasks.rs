@@ -74,7 +74,7 @@ pub fn task_response(status: StatusCode, task: &Task, position: Option<u64>) -> 
 
 /// A JSON document already written to bytes, as `axum::Json` would answer
 /// it (without building a `Value` first).
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     let mut response = (status, body).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -167,6 +167,7 @@ async fn waited(state: &AppState, id: TaskId, wait: Duration) -> Result<Response
     let _gauge = crate::transport::SubscriptionGauge::open(crate::negotiate::Transport::LongPoll);
     Ok(match state.tasks().wait(id, wait).await? {
         Waited::Finished(task) => task_response(StatusCode::OK, &task, None),
+        Waited::Told(event) => json_response(StatusCode::OK, event.data.clone().into_bytes()),
         Waited::TimedOut(task, position) => {
             task_response(StatusCode::REQUEST_TIMEOUT, &task, position)
         }

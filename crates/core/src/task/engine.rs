@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Cancel, NewTask, Op, QueueSignal, Status, Task, TaskError, TaskId, TaskStore};
-use crate::event::now_ms;
+use crate::event::{Event, now_ms};
 use crate::hub::Hub;
 use crate::name::Topic;
 
@@ -125,6 +125,11 @@ impl std::fmt::Debug for Tasks {
 pub enum Waited {
     /// The task is finished.
     Finished(Task),
+    /// The task finished while we waited: the `done` or `error` event the
+    /// store wrote in the same step as the status. Its data is the finished
+    /// task's JSON document, the very bytes a `GET` would answer, so the
+    /// waiter is answered from it without reading the task again.
+    Told(Arc<Event>),
     /// The timeout passed (or the server is stopping) first.
     TimedOut(Task, Option<u64>),
 }
@@ -258,7 +263,13 @@ impl Tasks {
                 return Ok(Waited::Finished(task));
             }
             tokio::select! {
-                _ = events.next() => {}
+                event = events.next() => {
+                    if let Some(Ok(event)) = event
+                        && is_final(&event)
+                    {
+                        return Ok(Waited::Told(event));
+                    }
+                }
                 () = tokio::time::sleep_until(deadline) => return Ok(Waited::TimedOut(task, position)),
                 () = self.inner.shutdown.cancelled() => return Ok(Waited::TimedOut(task, position)),
             }
@@ -328,6 +339,12 @@ impl Tasks {
     pub fn positions(&self, queue: &str) -> watch::Receiver<u64> {
         self.signals(queue).moved.subscribe()
     }
+}
+
+/// Whether `event`, on a task's topic, is the one that ends it (`done` or
+/// `error`, whose data is the finished task).
+fn is_final(event: &Event) -> bool {
+    matches!(event.kind.as_str(), "done" | "error")
 }
 
 /// Sets the status gauges to the store's counts.
