@@ -30,6 +30,7 @@ pub async fn enqueue(
     let queue = Topic::new(ARTICLE_QUEUE).map_err(|e| ApiError::Internal(e.to_string()))?;
     let key = crate::publish::idempotency_key(&headers)?;
     let new = NewTask {
+        id: herald_core::task::TaskId::new(),
         queue,
         payload: crate::tasks::payload(&state, &headers, body).await?,
         max_attempts: 3,

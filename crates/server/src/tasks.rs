@@ -120,26 +120,35 @@ pub async fn enqueue(
     let wait = wait(&state, &query)?;
     let idempotency_key = crate::publish::idempotency_key(&headers)?;
     let new = NewTask {
+        id: TaskId::new(),
         queue,
         payload: payload(&state, &headers, body).await?,
         max_attempts: u32::try_from(max_attempts).unwrap_or(3),
         idempotency_key: idempotency_key.clone(),
         backoff,
     };
-    let (task, position, replayed) = state
-        .tasks()
-        .enqueue(new)
-        .await
-        .map_err(|e| ApiError::from(e).keyed(idempotency_key.as_deref()))?;
-    let mut response = match wait {
-        None => task_response(StatusCode::CREATED, &task, position),
+    let keyed = |e| ApiError::from(e).keyed(idempotency_key.as_deref());
+    let (mut response, replayed) = match wait {
+        None => {
+            let (task, position, replayed) = state.tasks().enqueue(new).await.map_err(keyed)?;
+            (
+                task_response(StatusCode::CREATED, &task, position),
+                replayed,
+            )
+        }
         Some(wait) => {
-            let id = task.id;
-            let mut response = waited(&state, id, wait).await?;
+            let _gauge =
+                crate::transport::SubscriptionGauge::open(crate::negotiate::Transport::LongPoll);
+            let (waited, id, replayed) = state
+                .tasks()
+                .enqueue_and_wait(new, wait)
+                .await
+                .map_err(keyed)?;
+            let mut response = waited_response(waited);
             if let Ok(location) = HeaderValue::try_from(format!("/tasks/{id}")) {
                 response.headers_mut().insert(header::LOCATION, location);
             }
-            response
+            (response, replayed)
         }
     };
     if replayed {
@@ -165,13 +174,19 @@ fn wait(state: &AppState, query: &Query) -> Result<Option<Duration>, ApiError> {
 /// when `wait` runs out first.
 async fn waited(state: &AppState, id: TaskId, wait: Duration) -> Result<Response, ApiError> {
     let _gauge = crate::transport::SubscriptionGauge::open(crate::negotiate::Transport::LongPoll);
-    Ok(match state.tasks().wait(id, wait).await? {
+    Ok(waited_response(state.tasks().wait(id, wait).await?))
+}
+
+/// The answer to a long poll: `200` and the finished task, or `408` and the
+/// task as it is.
+fn waited_response(waited: Waited) -> Response {
+    match waited {
         Waited::Finished(task) => task_response(StatusCode::OK, &task, None),
         Waited::Told(event) => json_response(StatusCode::OK, event.data.clone().into_bytes()),
         Waited::TimedOut(task, position) => {
             task_response(StatusCode::REQUEST_TIMEOUT, &task, position)
         }
-    })
+    }
 }
 
 /// `GET /tasks/{id}[?wait=SECONDS]`: `200` finished, `202` not yet (short

@@ -13,6 +13,7 @@ impl<T: Store + TaskStore> Both for T {}
 
 fn new(queue: &str, body: &str, key: Option<&str>) -> NewTask {
     NewTask {
+        id: TaskId::new(),
         queue: Topic::new(queue).unwrap_or_else(|e| panic!("{e}")),
         payload: Payload::Text(body.into()),
         max_attempts: 2,
@@ -70,6 +71,7 @@ async fn until(at: u64) {
 async fn a_retry_waits_without_holding_up_the_queue(store: &dyn Both) {
     let q = Topic::new("bq").unwrap_or_else(|e| panic!("{e}"));
     let first = NewTask {
+        id: TaskId::new(),
         max_attempts: 3,
         backoff: "200ms".parse().unwrap_or_else(|e| panic!("{e}")),
         ..new("bq", "first", None)

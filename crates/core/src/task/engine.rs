@@ -276,6 +276,51 @@ impl Tasks {
         }
     }
 
+    /// Enqueues a task and waits for its end, for at most `timeout`. Also
+    /// says which task was waited on, and `true` when it is an earlier one
+    /// with the same idempotency key.
+    ///
+    /// Why not `enqueue` then `wait`: here the task's topic is watched
+    /// before the task exists (its id is chosen by the caller), so its end
+    /// cannot slip by, and neither its queue position nor a first read of
+    /// it is needed — on the durable store those are two trips to a reader
+    /// thread a task. Where the store is shared by several nodes, events
+    /// reach this node by a subscription that may not be in place yet when
+    /// `watch` returns, so there the first read stays.
+    pub async fn enqueue_and_wait(
+        &self,
+        new: NewTask,
+        timeout: Duration,
+    ) -> Result<(Waited, TaskId, bool), TaskError> {
+        if self.inner.remote {
+            let (task, _, replayed) = self.enqueue(new).await?;
+            return Ok((self.wait(task.id, timeout).await?, task.id, replayed));
+        }
+        let deadline = Instant::now() + timeout;
+        let mut events = self.inner.hub.store().watch(&new.id.topic());
+        let (task, replayed) = self.inner.store.enqueue(new).await?;
+        if replayed {
+            drop(events);
+            return Ok((self.wait(task.id, timeout).await?, task.id, true));
+        }
+        self.signal(None, &task);
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(Ok(event)) if is_final(&event) => return Ok((Waited::Told(event), task.id, false)),
+                    Some(Ok(_)) => {}
+                    // Lagged behind its own topic (or the watch ended): the
+                    // end may have been missed, so read as `wait` does.
+                    Some(Err(_)) | None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+                () = self.inner.shutdown.cancelled() => break,
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        Ok((self.wait(task.id, left).await?, task.id, false))
+    }
+
     /// Claims the oldest task of `queue`, waiting up to `wait` for one.
     pub async fn claim(
         &self,

@@ -2,7 +2,7 @@
 //! the time. Stores load a task, ask this module what to do, and save the
 //! new task together with the event it emits — atomically.
 
-use super::{Lease, NewTask, Payload, Status, Task, TaskError, TaskId};
+use super::{Lease, NewTask, Payload, Status, Task, TaskError};
 
 /// An event a transition emits on the task's topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,7 +50,7 @@ impl Decision {
 /// A freshly enqueued task.
 pub fn enqueue(new: NewTask, seq: u64, now: u64) -> Task {
     Task {
-        id: TaskId::new(),
+        id: new.id,
         queue: new.queue.as_str().to_owned(),
         seq,
         status: Status::Queued,
@@ -306,10 +306,11 @@ fn requeue(t: &mut Task, now: u64) {
 mod tests {
     use super::*;
     use crate::name::Topic;
-    use crate::task::Backoff;
+    use crate::task::{Backoff, TaskId};
 
     fn task() -> Task {
         let new = NewTask {
+            id: TaskId::new(),
             queue: Topic::new("q").unwrap(),
             payload: Payload::Text("p".into()),
             max_attempts: 2,

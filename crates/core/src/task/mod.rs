@@ -224,6 +224,9 @@ impl Task {
 /// A task to enqueue.
 #[derive(Debug, Clone)]
 pub struct NewTask {
+    /// Chosen by the caller (usually [`TaskId::new`]), so that it can watch
+    /// the task's topic before the task exists.
+    pub id: TaskId,
     pub queue: Topic,
     pub payload: Payload,
     pub max_attempts: u32,
@@ -259,6 +262,7 @@ mod tests {
     #[test]
     fn available_at_shows_only_while_a_queued_task_waits() {
         let new = NewTask {
+            id: TaskId::new(),
             queue: Topic::new("q").unwrap(),
             payload: Payload::Text("p".into()),
             max_attempts: 3,
@@ -324,6 +328,7 @@ mod tests {
     fn the_written_document_is_the_one_the_value_gave() {
         let sent = r#"{ "z": [1, 2.50, 1e2, -0, "\u00e9\/"], "a": {"y": null, "b": true} }"#;
         let new = NewTask {
+            id: TaskId::new(),
             queue: Topic::new("q.x-1").unwrap(),
             payload: Payload::json(sent.into()),
             max_attempts: 3,
@@ -375,6 +380,7 @@ mod tests {
     #[test]
     fn the_claim_and_progress_documents() {
         let new = NewTask {
+            id: TaskId::new(),
             queue: Topic::new("q").unwrap(),
             payload: Payload::Text("p".into()),
             max_attempts: 3,

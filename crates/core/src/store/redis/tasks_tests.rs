@@ -28,6 +28,7 @@ fn queue(name: &str) -> Topic {
 
 async fn enqueue(store: &RedisStore, q: &str, payload: Payload, max_attempts: u32) -> Task {
     let new = NewTask {
+        id: TaskId::new(),
         queue: queue(q),
         payload,
         max_attempts,
