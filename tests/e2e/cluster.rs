@@ -1653,3 +1653,67 @@ async fn the_client_retries_an_unknown_outcome_with_its_key() {
     let task = client.task(&id).await.unwrap();
     assert_eq!(task.status, "succeeded");
 }
+
+/// An enqueue that waits on node A is answered when a worker on node B
+/// completes the task, with the bytes a `GET` answers after; a second
+/// enqueue that waits past its `wait` gets 408 with the task, still queued.
+#[tokio::test]
+async fn an_enqueue_that_waits_on_one_node_hears_a_worker_on_another() {
+    let Some(redis) = Redis::start() else { return };
+    let [a, b] = nodes(&redis, &[]);
+
+    let url = a.url("/queues/waits/tasks?wait=30");
+    let waiting = tokio::spawn(async move {
+        client()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(r#"{"n":1}"#)
+            .send()
+            .await
+            .unwrap()
+    });
+    let (task, token) = claim(&b, "waits", "wait=30").await;
+    let id = id_of(&task);
+    let done = client()
+        .post(b.url(&format!("/tasks/{id}/complete")))
+        .header("herald-lease", &token)
+        .header("content-type", "application/json")
+        .body(r#"{"ok":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    let answer = within("the waiting enqueue", waiting).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        answer.headers()["location"],
+        format!("/tasks/{id}").as_str()
+    );
+    let body = answer.text().await.unwrap();
+    let after = client()
+        .get(a.url(&format!("/tasks/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, after);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["result"],
+        json!({"ok": true})
+    );
+
+    let r = client()
+        .post(a.url("/queues/waits/tasks?wait=0.2"))
+        .body("nobody works on it")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 408);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["status"].clone(), v["position"].clone()),
+        (json!("queued"), json!(1))
+    );
+}

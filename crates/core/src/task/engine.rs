@@ -293,7 +293,11 @@ impl Tasks {
         timeout: Duration,
     ) -> Result<(Waited, TaskId, bool), TaskError> {
         if self.inner.remote {
-            let (task, _, replayed) = self.enqueue(new).await?;
+            // No position: the wait's own read says where the task is.
+            let (task, replayed) = self.inner.store.enqueue(new).await?;
+            if !replayed {
+                self.signal(None, &task);
+            }
             return Ok((self.wait(task.id, timeout).await?, task.id, replayed));
         }
         let deadline = Instant::now() + timeout;
