@@ -179,6 +179,69 @@ async fn a_socket_holds_count_tasks_and_each_producer_gets_its_own_result_once()
     assert_eq!(metric(&server, &tasks_metric("w4", "queued")).await, 0.0);
 }
 
+/// A JSON result reads back alike whether it came over the socket or by
+/// `POST /tasks/{id}/complete`: both are kept in the same canonical form.
+#[tokio::test]
+async fn a_json_result_reads_back_alike_by_socket_and_by_http() {
+    let server = Server::start(&[]);
+    let raw = r#"{ "b": [1, 2.50], "a": "x" }"#;
+    let mut ws = work(&server, "wj", "").await;
+    enqueue(&server, "wj", "", "1").await;
+    let (by_socket, lease, _) = task(&mut ws).await;
+    let frame =
+        format!(r#"{{"op":"complete","id":"{by_socket}","lease":"{lease}","result":{raw}}}"#);
+    within("send", ws.send(Message::Text(frame.into())))
+        .await
+        .expect("send");
+    assert_eq!(next(&mut ws).await["status"], "succeeded");
+    drop(ws);
+
+    enqueue(&server, "wj", "", "2").await;
+    let claimed: Value = client()
+        .post(server.url("/queues/wj/claim?wait=5"))
+        .send()
+        .await
+        .expect("claim")
+        .json()
+        .await
+        .expect("claim JSON");
+    let by_http = claimed["task"]["id"].as_str().expect("id").to_owned();
+    let done = client()
+        .post(server.url(&format!("/tasks/{by_http}/complete")))
+        .header(
+            "herald-lease",
+            claimed["lease"]["token"].as_str().expect("token"),
+        )
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .expect("complete");
+    assert_eq!(done.status(), 200);
+
+    let result_text = |task: String| {
+        let at = task.find("\"result\":").expect("a result") + "\"result\":".len();
+        let end = task[at..].find(",\"started_at\"").expect("the next key");
+        task[at..at + end].to_owned()
+    };
+    let get = |id: String| {
+        let url = server.url(&format!("/tasks/{id}"));
+        async move {
+            client()
+                .get(url)
+                .send()
+                .await
+                .expect("get")
+                .text()
+                .await
+                .expect("text")
+        }
+    };
+    let socket = result_text(get(by_socket).await);
+    assert_eq!(socket, result_text(get(by_http).await));
+    assert_eq!(socket, r#"{"a":"x","b":[1,2.5]}"#);
+}
+
 #[tokio::test]
 async fn progress_extends_the_lease_and_text_results_are_text() {
     let server = Server::start(&[]);

@@ -41,73 +41,13 @@ pub async fn read_text(
     String::from_utf8(bytes.into()).map_err(|_| ApiError::NotUtf8)
 }
 
-/// Checks that `text` is JSON as every later read parses it: valid, and
-/// nested no deeper than `serde_json`'s limit (128), so it is refused here
-/// (`400`) rather than read back as `null`. Walks the text without
-/// building it.
-pub fn check_json(text: &str) -> Result<(), ApiError> {
-    let bad =
-        |e: serde_json::Error| ApiError::BadRequest(format!("the body is not valid JSON: {e}"));
-    let mut de = serde_json::Deserializer::from_str(text);
-    serde::de::DeserializeSeed::deserialize(Walk, &mut de).map_err(bad)?;
-    de.end().map_err(bad)
-}
-
-/// Visits every value through `deserialize_any`, which is where the
-/// parser counts depth (its `IgnoredAny` skips without counting).
-#[derive(Clone, Copy)]
-struct Walk;
-
-impl<'de> serde::de::DeserializeSeed<'de> for Walk {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(Walk)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Walk {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Walk)?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
-            map.next_value_seed(Walk)?;
-        }
-        Ok(())
-    }
+/// A JSON body as a task payload, in its canonical form
+/// ([`Payload::json`]): parsed once, as every later read parses it, so JSON
+/// that would not read back (invalid, or nested deeper than `serde_json`'s
+/// limit of 128) is refused here (`400`) rather than read back as `null`.
+pub fn json_payload(text: String) -> Result<herald_core::task::Payload, ApiError> {
+    herald_core::task::Payload::json(text)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))
 }
 
 /// `text` as the JSON object `T` (`shape` names it in the error). Only an
@@ -159,7 +99,7 @@ mod tests {
             for (open, close) in [("[", "]"), ("{\"k\":", "}")] {
                 let text = nested(n, open, close);
                 let reads_back = serde_json::from_str::<serde_json::Value>(&text).is_ok();
-                assert_eq!(check_json(&text).is_ok(), reads_back, "{n} deep {open}");
+                assert_eq!(json_payload(text).is_ok(), reads_back, "{n} deep {open}");
             }
         }
         for text in [
@@ -168,10 +108,10 @@ mod tests {
             "-1.5e3",
             "\"s\"",
         ] {
-            assert!(check_json(text).is_ok(), "{text}");
+            assert!(json_payload(text.into()).is_ok(), "{text}");
         }
         for text in ["", "1 2", "{\"a\":}", "[1,]", "nul"] {
-            assert!(check_json(text).is_err(), "{text}");
+            assert!(json_payload(text.into()).is_err(), "{text}");
         }
     }
 }

@@ -58,10 +58,7 @@ pub async fn payload(
                 .starts_with("application/json")
         });
     if is_json {
-        // Parsed as every later read parses it, so what is stored reads
-        // back as sent (a depth limit checked here, not met later as null).
-        crate::body::check_json(&text)?;
-        Ok(Payload::json(text))
+        crate::body::json_payload(text)
     } else {
         Ok(Payload::Text(text))
     }

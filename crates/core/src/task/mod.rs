@@ -129,19 +129,18 @@ pub enum Payload {
 }
 
 impl Payload {
-    /// JSON text already checked to be valid, kept in its canonical form
-    /// (compact, object keys sorted, numbers as serde_json writes them) —
-    /// the form answers have always shown it in — so every later answer
-    /// can copy it out instead of parsing it again.
-    pub fn json(text: String) -> Payload {
-        match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(value) => {
-                let canonical = value.to_string();
-                Payload::Json(if canonical == text { text } else { canonical })
-            }
-            // Not JSON after all: kept as `null`, as it always read back.
-            Err(_) => Payload::Json("null".to_owned()),
-        }
+    /// JSON text kept in its canonical form (compact, object keys sorted,
+    /// numbers as serde_json writes them) — the form answers have always
+    /// shown it in — so every later answer can copy it out instead of
+    /// parsing it again. Text that is not JSON (or nests deeper than
+    /// serde_json reads back) is refused, never kept as something else.
+    pub fn json(text: String) -> Result<Payload, serde_json::Error> {
+        let canonical = serde_json::from_str::<serde_json::Value>(&text)?.to_string();
+        Ok(Payload::Json(if canonical == text {
+            text
+        } else {
+            canonical
+        }))
     }
 
     /// The payload as a JSON value: the JSON itself, or the text as a string.
@@ -330,7 +329,7 @@ mod tests {
         let new = NewTask {
             id: TaskId::new(),
             queue: Topic::new("q.x-1").unwrap(),
-            payload: Payload::json(sent.into()),
+            payload: Payload::json(sent.into()).unwrap(),
             max_attempts: 3,
             idempotency_key: Some("k".into()),
             backoff: Backoff::DEFAULT,
@@ -353,9 +352,9 @@ mod tests {
         reported.progress = Some(f64::NAN);
         assert_same_text(&reported, None);
         for result in [
-            Payload::json("[1, {\"b\":2, \"a\":1}]".into()),
+            Payload::json("[1, {\"b\":2, \"a\":1}]".into()).unwrap(),
             Payload::Text("{\"a\":1} as text\t".into()),
-            Payload::json("\"s\"".into()),
+            Payload::json("\"s\"".into()).unwrap(),
         ] {
             let mut done = running.clone();
             done.status = Status::Succeeded;
@@ -372,9 +371,12 @@ mod tests {
 
     #[test]
     fn a_json_payload_is_kept_canonical_once() {
-        let kept = Payload::json(r#"{"b": 1, "a": [1.0, 1e3]}"#.into());
+        let kept = Payload::json(r#"{"b": 1, "a": [1.0, 1e3]}"#.into()).unwrap();
         assert_eq!(kept, Payload::Json(r#"{"a":[1.0,1000.0],"b":1}"#.into()));
-        assert_eq!(Payload::json("nope".into()), Payload::Json("null".into()));
+        assert!(
+            Payload::json("nope".into()).is_err(),
+            "refused, not kept as null"
+        );
     }
 
     #[test]

@@ -241,15 +241,13 @@ impl Session {
                 progress,
                 message: message.map(|m| m.into_owned()),
             },
-            frame::Kind::Complete(frame::Outcome::Json(raw)) => {
-                // The same depth limit as a JSON body, so what is stored
-                // reads back as sent.
-                crate::body::check_json(raw).map_err(|e| refuse(op.reference, Some(&op.id), e))?;
-                Op::Complete {
-                    token,
-                    result: Payload::Json(raw.to_owned()),
-                }
-            }
+            frame::Kind::Complete(frame::Outcome::Json(raw)) => Op::Complete {
+                token,
+                // Kept as a JSON body is (same checks, same canonical form),
+                // so a result reads back alike whichever way it came.
+                result: crate::body::json_payload(raw.to_owned())
+                    .map_err(|e| refuse(op.reference, Some(&op.id), e))?,
+            },
             frame::Kind::Complete(frame::Outcome::Text(text)) => Op::Complete {
                 token,
                 result: Payload::Text(text.into_owned()),
